@@ -1,0 +1,45 @@
+# make run   - create .venv if missing, then run the quickstart sweep on the embedded model
+# make test  - create .venv if missing, then run the test suite
+# make bench - engine vs naive reference timings
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch comes first, so that the package's torch range is already satisfied and pip never
+# pulls a second build. On the CPU-only dev machines 2.13.0 is a CPU wheel on local disk.
+# Elsewhere choose the build: TORCH_INDEX=https://download.pytorch.org/whl/cpu (CPU) or
+# .../whl/cu128 (CUDA), or install torch into .venv yourself before `make`.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.sensdir-installed
+export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: venv run test test-fast bench clean-results
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "sensdir: installing $(TORCH_SPEC) $(if $(TORCH_INDEX),from $(TORCH_INDEX))"; \
+	  $(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m sensdir.run -m experiment=quickstart direction=real,random,synth_struct
+	@echo "sensdir: shards of this sweep are under results/quickstart/"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not slurm"
+
+bench: $(STAMP)
+	$(PY) -m sensdir.bench
+
+clean-results:
+	rm -rf results

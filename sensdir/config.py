@@ -1,0 +1,161 @@
+"""Typed configuration: frozen dataclasses, registered in Hydra's ConfigStore.
+
+Hydra composes YAML from ``conf/`` onto these schemas, so a misspelt key or a wrongly typed
+value fails at composition with a message naming the field. ``to_config`` turns the composed
+DictConfig into the frozen dataclass objects that ``run_job`` takes; tests build those
+objects directly.
+
+Plugin groups (``direction``, ``schedule``) have one dataclass per plugin, registered by the
+plugin's own module (see ``sensdir.registry``); ``register_configs`` pushes them into the
+ConfigStore so that ``direction=<name>`` works with no YAML file and no list to edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "embedded": the small model shipped in sensdir/embedded/assets (no download).
+    # "transformer_lens": HookedTransformer.from_pretrained(name) (needs the HF hub or its cache).
+    source: str = "embedded"
+    name: str = "embedded"
+    path: Optional[str] = None  # embedded weights dir; None = the shipped one
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class SaeConfig:
+    # "embedded": an SAE shipped with sensdir, addressed like sae_lens as (release, sae_id).
+    # "sae_lens": SAE.from_pretrained(release, sae_id). "disk": SAE.load_from_disk(path).
+    source: str = "embedded"
+    release: str = "embedded"
+    sae_id: str = "blocks.1.hook_resid_pre/l1-mid"
+    path: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    hook: str = "blocks.1.hook_resid_pre"
+    positions: str = "last"  # "last" [GP24]; "all" [LH24] comes with the all-positions engine
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "embedded": held-out documents of the embedded model's offline corpus.
+    # "hf": a Hugging Face `datasets` dataset (streaming), e.g. OpenWebText.
+    source: str = "embedded"
+    n_ctx: int = 10
+    prepend_bos: bool = False  # METHODS §1 (choice): no BOS by default
+    n_prompts: int = 100  # base prompts per job
+    n_stats: int = 1000  # disjoint prompts for mu, Sigma, firing frequencies (METHODS §1)
+    n_pool: int = 1000  # disjoint prompts whose activations serve as "other real" targets
+    dataset: Optional[str] = None
+    dataset_config: Optional[str] = None
+    split: str = "train"
+    text_column: str = "text"
+    data_files: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    cov_eps: float = 0.01  # METHODS §1: Sigma + eps * I
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    names: tuple[str, ...] = ("kl", "l2")
+    ms_threshold: float = 0.02  # METHODS §4: no step rising by more than this -> n_steps - 1
+    # METHODS §4: plateau ends where l2 >= this. 20 is GPT-2 small's scale; the embedded
+    # model's presets set their own.
+    plateau_l2: float = 20.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    out_dir: str = "results"
+    seed: int = 0
+    n_targets: int = 1  # perturbations (targets) per base prompt
+    batch_size: int = 4096  # perturbed activations per forward pass
+    device: str = "auto"  # "auto" = cuda if available else cpu
+    shards: int = 1  # prompts are split into this many shards ...
+    shard: int = 0  # ... and this job computes this one
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    name: str = MISSING
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = MISSING
+    n_steps: int = 100
+
+
+@dataclass(frozen=True)
+class SensdirConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sae: SaeConfig = field(default_factory=SaeConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    direction: Any = MISSING  # a registered DirectionConfig subclass
+    schedule: Any = MISSING  # a registered ScheduleConfig subclass
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    experiment: Optional[str] = None
+
+
+def _editable_node(cls: type) -> Any:
+    """A structured node for ``cls`` that Hydra may merge into.
+
+    OmegaConf marks nodes of frozen dataclasses read-only, which would make every YAML
+    override fail; types and key checks stay, and ``to_config`` rebuilds the frozen objects.
+    """
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(cls)
+
+    def unfreeze(cfg: Any) -> None:
+        OmegaConf.set_readonly(cfg, None)
+        for key in cfg.keys():
+            child = cfg._get_node(key)
+            if OmegaConf.is_config(child):
+                unfreeze(child)
+            else:
+                child._set_flag("readonly", None)
+
+    unfreeze(node)
+    return node
+
+
+def register_configs() -> None:
+    """Register the schema and every plugin's config in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from sensdir.directions import DIRECTIONS
+    from sensdir.schedules import SCHEDULES
+
+    cs = ConfigStore.instance()
+    cs.store(name="sensdir_schema", node=_editable_node(SensdirConfig))
+    for group, registry in (("direction", DIRECTIONS), ("schedule", SCHEDULES)):
+        for entry in registry.entries():
+            cs.store(group=group, name=entry.name, node=_editable_node(entry.config_cls))
+
+
+def to_config(cfg: Any) -> SensdirConfig:
+    """Composed DictConfig -> frozen ``SensdirConfig`` (plugin sections become their dataclasses)."""
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_object(cfg)
+    if isinstance(obj, SensdirConfig):
+        return obj
+    raise TypeError(f"expected a composed sensdir config, got {type(obj).__name__}")

@@ -1,0 +1,36 @@
+"""``random``: a Gaussian draw matching the data's first two moments, METHODS §3 [GP24], [HM24].
+
+``T ~ N(mu, Sigma + eps I)`` with ``mu``, ``Sigma`` from the stats prompts (``SiteStats``),
+sampled by ``SiteStats.sample_gaussian`` from the CPU generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sensdir.config import DirectionConfig
+from sensdir.directions.base import DIRECTIONS, Direction, Proposal
+from sensdir.directions.sae_recon import as_target, target_norm
+
+
+@dataclass(frozen=True)
+class RandomConfig(DirectionConfig):
+    name: str = "random"
+
+
+@DIRECTIONS.register("random", RandomConfig)
+class Random(Direction):
+    returns = "target"
+
+    def propose(
+        self,
+        base_BD: Float[Tensor, "B d"],
+        base_index_B: Int[Tensor, " B"],
+        gen: torch.Generator,
+    ) -> Proposal:
+        t_BD = as_target(self.ctx.stats.sample_gaussian(base_BD.shape[0], gen), base_BD, self.ctx.device)
+        return Proposal(target_BD=t_BD, info={"target_norm": target_norm(t_BD)})

@@ -1,0 +1,212 @@
+"""Synthetic task sentences mixed into the embedded model's training data.
+
+Two generators, both pure Python and driven by a seeded :class:`random.Random`:
+
+* **Indirect object identification (IOI)** -- "When Mary and John went to the store, John gave
+  the drink to Mary".  Two names are introduced, one of them (the subject ``s``) is repeated, and
+  the sentence ends with the other one (the indirect object ``io``).  Pattern ``ABB`` introduces
+  the IO first (``io_pos = 0``), pattern ``BAB`` second (``io_pos = 1``).  Some unordered name
+  pairs (:func:`is_heldout_pair`) and some templates (:data:`HELDOUT_TEMPLATES`) never occur in
+  training.
+* **First letter** -- " cat has the first letter: C".  The word is written with a leading space so
+  that it is the same token as the word inside running prose.  Words come from the tokenizer's
+  vocabulary (see :func:`select_words`); some (:func:`is_heldout_word`) never occur in training.
+
+Evaluation helpers return :class:`IOIExample` / :class:`FirstLetterExample` objects whose
+``prompt`` stops right before the answer and whose ``answer`` (a single token with a leading
+space) is the expected next token; the other attributes (``io``, ``s``, ``io_pos``, ``word``,
+``letter``, ...) are kept for supervised analyses.  The templates, names and word lists are
+written for this project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import string
+from dataclasses import asdict, dataclass
+from typing import Iterable, Literal, Sequence
+
+NAMES: tuple[str, ...] = (
+    "Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark",
+    "Laura", "Peter", "Kate", "Michael", "Lisa", "Daniel", "Alice", "Robert", "Jane", "George",
+    "Susan", "Henry", "Grace", "Frank", "Helen", "Jack", "Ruth", "Martin", "Amy", "Simon",
+    "Rose", "Adam", "Claire", "Eric", "Julia", "Ben", "Lucy", "Sam", "Nancy", "Carl",
+    "Diana", "Kevin", "Fred", "Ellen", "Victor", "Joan", "Oscar", "Irene", "Tim", "Sophie",
+)
+
+PLACES: tuple[str, ...] = (
+    "store", "park", "school", "office", "station", "garden", "market", "library",
+    "hospital", "beach", "restaurant", "house", "museum", "church", "bank", "river",
+)
+
+OBJECTS: tuple[str, ...] = (
+    "drink", "book", "ball", "key", "letter", "ring", "bag", "pen", "cake", "gift",
+    "phone", "map", "box", "coin", "hat", "ticket",
+)
+
+# {A} and {B} are the two names introduced first, {S} is the repeated subject; the prompt ends
+# right before the indirect object.
+TEMPLATES: tuple[str, ...] = (
+    "When {A} and {B} went to the {place}, {S} gave the {object} to",
+    "After {A} and {B} arrived at the {place}, {S} handed the {object} to",
+    "While {A} and {B} were working at the {place}, {S} gave a {object} to",
+    "Then, {A} and {B} had a long argument at the {place}. Afterwards {S} said goodbye to",
+    "Friends {A} and {B} found a {object} at the {place}. {S} gave it to",
+    "{A} and {B} went to the {place} together. {S} passed the {object} to",
+    "When {A} and {B} got a {object} at the {place}, {S} decided to give it to",
+    "The {place} was quiet when {A} and {B} came in. {S} showed the {object} to",
+    "After lunch, {A} and {B} went to the {place}. {S} brought the {object} to",
+    "{A} and {B} were cleaning the {place}. Later, {S} threw the {object} to",
+    "On Monday, {A} and {B} visited the {place}, and {S} sent a {object} to",
+    "When {A} and {B} met at the {place}, {S} offered the {object} to",
+    "Since {A} and {B} were both at the {place}, {S} lent the {object} to",
+    "Yesterday {A} and {B} walked into the {place}, where {S} gave a {object} to",
+)
+HELDOUT_TEMPLATES: frozenset[int] = frozenset({11, 12, 13})
+TRAIN_TEMPLATES: tuple[int, ...] = tuple(i for i in range(len(TEMPLATES)) if i not in HELDOUT_TEMPLATES)
+
+FIRST_LETTER_TEMPLATE = " {word} has the first letter:"
+LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase)
+
+
+def _hash_mod(text: str, mod: int) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % mod
+
+
+def is_heldout_pair(a: str, b: str) -> bool:
+    """About 10% of unordered name pairs never occur in training."""
+    x, y = sorted((a, b))
+    return _hash_mod(f"pair:{x}:{y}", 10) == 0
+
+
+def is_heldout_word(word: str) -> bool:
+    """About 15% of first-letter words never occur in training."""
+    return _hash_mod(f"word:{word}", 100) < 15
+
+
+@dataclass(frozen=True)
+class IOIExample:
+    prompt: str
+    answer: str  # " " + io
+    io: str
+    s: str
+    io_pos: int  # 0: IO introduced first (ABB), 1: IO introduced second (BAB)
+    pattern: str  # "ABB" or "BAB"
+    template: int
+    place: str
+    object: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer
+
+    @property
+    def s_answer(self) -> str:
+        return " " + self.s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FirstLetterExample:
+    prompt: str
+    answer: str  # " " + letter
+    word: str
+    letter: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+IOISplit = Literal["train", "heldout_pairs", "heldout_templates"]
+
+
+def make_ioi(io: str, s: str, io_pos: int, template: int, place: str, obj: str) -> IOIExample:
+    a, b = (io, s) if io_pos == 0 else (s, io)
+    prompt = TEMPLATES[template].format(A=a, B=b, S=s, place=place, object=obj)
+    return IOIExample(prompt=prompt, answer=" " + io, io=io, s=s, io_pos=io_pos,
+                      pattern="ABB" if io_pos == 0 else "BAB", template=template,
+                      place=place, object=obj)
+
+
+def sample_ioi(rng: random.Random, split: IOISplit = "train") -> IOIExample:
+    """One IOI example.
+
+    ``train``: training templates and name pairs; ``heldout_pairs``: training templates with
+    held-out name pairs; ``heldout_templates``: held-out templates with held-out name pairs.
+    """
+    if split == "train":
+        templates = TRAIN_TEMPLATES
+    elif split == "heldout_pairs":
+        templates = TRAIN_TEMPLATES
+    elif split == "heldout_templates":
+        templates = tuple(sorted(HELDOUT_TEMPLATES))
+    else:
+        raise ValueError(f"unknown IOI split {split!r}")
+    want_heldout_pair = split != "train"
+    while True:
+        io, s = rng.sample(NAMES, 2)
+        if is_heldout_pair(io, s) == want_heldout_pair:
+            break
+    return make_ioi(io, s, rng.randrange(2), rng.choice(templates), rng.choice(PLACES),
+                    rng.choice(OBJECTS))
+
+
+def ioi_eval_set(split: IOISplit, n: int, seed: int = 0) -> list[IOIExample]:
+    rng = random.Random(f"ioi-eval:{split}:{seed}")
+    return [sample_ioi(rng, split) for _ in range(n)]
+
+
+def ioi_train_texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(f"ioi-train:{seed}")
+    return [sample_ioi(rng, "train").text for _ in range(n)]
+
+
+_WORD = re.compile(r"[a-z]{3,}")
+
+
+def select_words(vocab: Iterable[str], corpus_texts: Sequence[str], min_count: int = 5) -> list[str]:
+    """First-letter words: lowercase alphabetic words (3+ letters) that are one vocabulary token
+    with a leading space (byte-level BPE spells it ``"Ġword"``) and occur at least ``min_count``
+    times as whole words in ``corpus_texts``.  Sorted alphabetically."""
+    candidates = {t[1:] for t in vocab if t.startswith("\u0120") and _WORD.fullmatch(t[1:])}
+    counts: dict[str, int] = {}
+    for text in corpus_texts:
+        for w in re.findall(r"\b[a-z]{3,}\b", text):
+            if w in candidates:
+                counts[w] = counts.get(w, 0) + 1
+    return sorted(w for w, c in counts.items() if c >= min_count)
+
+
+def make_first_letter(word: str) -> FirstLetterExample:
+    letter = word[0].upper()
+    return FirstLetterExample(prompt=FIRST_LETTER_TEMPLATE.format(word=word), answer=" " + letter,
+                              word=word, letter=letter)
+
+
+def split_words(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(seen, unseen) words."""
+    seen = [w for w in words if not is_heldout_word(w)]
+    unseen = [w for w in words if is_heldout_word(w)]
+    return seen, unseen
+
+
+def first_letter_eval_set(words: Sequence[str], split: Literal["seen", "unseen"], n: int | None = None,
+                          seed: int = 0) -> list[FirstLetterExample]:
+    seen, unseen = split_words(words)
+    pool = seen if split == "seen" else unseen
+    if n is not None and n < len(pool):
+        pool = random.Random(f"fl-eval:{split}:{seed}").sample(pool, n)
+    return [make_first_letter(w) for w in pool]
+
+
+def first_letter_train_texts(words: Sequence[str]) -> list[str]:
+    seen, _ = split_words(words)
+    return [make_first_letter(w).text for w in seen]

@@ -1,0 +1,218 @@
+"""One job: (model, SAE, site, data, direction, schedule) -> one Parquet shard.
+
+``run_job`` is what ``python -m sensdir.run`` calls and what tests call with objects. Every
+check of the input happens before any compute and before anything is written, so bad input
+leaves no partial shard behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sensdir.config import SensdirConfig
+from sensdir.data import load_prompts, shard_slice
+from sensdir.directions import DIRECTIONS, DirectionContext
+from sensdir.engine import clean_site_resid, walk_metrics
+from sensdir.errors import ConfigError
+from sensdir.loading import check_site, load_model, load_sae, resolve_device
+from sensdir.metrics import max_slope_step, plateau_length
+from sensdir.provenance import provenance
+from sensdir.registry import UnknownNameError
+from sensdir.schedules import SCHEDULES
+from sensdir.shards import SCHEMA_VERSION, build_table, is_complete, shard_paths, write_json_atomic, write_table_atomic
+from sensdir.stats import compute_stats, site_activations
+
+log = logging.getLogger("sensdir")
+
+METRICS = ("kl", "l2")
+POSITIONS = ("last",)
+# Settings that change how a job runs, not what it computes: excluded from its identity.
+_NOT_IDENTITY = ("out_dir", "progress", "overwrite", "shard", "device", "batch_size")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_dir: Path
+    shard_path: Path
+    manifest_path: Path
+    n_rows: int
+    skipped: bool
+
+
+def config_dict(cfg: SensdirConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["direction"] = {"_type": type(cfg.direction).__name__, **d["direction"]}
+    d["schedule"] = {"_type": type(cfg.schedule).__name__, **d["schedule"]}
+    return d
+
+
+def config_hash(cfg: SensdirConfig) -> str:
+    d = config_dict(cfg)
+    d["run"] = {k: v for k, v in d["run"].items() if k not in _NOT_IDENTITY}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def job_dir(cfg: SensdirConfig) -> Path:
+    return Path(cfg.run.out_dir) / cfg.run.name / f"{cfg.direction.name}-{config_hash(cfg)[:10]}"
+
+
+def _validate(cfg: SensdirConfig):
+    """Checks that need no model: names, ranges, compatibility. Returns the built schedule."""
+    for group, registry, sub in (("direction", DIRECTIONS, cfg.direction), ("schedule", SCHEDULES, cfg.schedule)):
+        try:
+            entry = registry.get(sub.name)
+        except UnknownNameError as e:
+            raise ConfigError(str(e)) from None
+        if not isinstance(sub, entry.config_cls):
+            raise ConfigError(f"{group} {sub.name!r} needs a {entry.config_cls.__name__}, got {type(sub).__name__}")
+    try:
+        schedule = SCHEDULES.build(cfg.schedule)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    direction_cls = DIRECTIONS.get(cfg.direction.name).impl
+    if direction_cls.returns not in schedule.accepts:
+        raise ConfigError(
+            f"direction {cfg.direction.name!r} gives a {direction_cls.returns}, which schedule {cfg.schedule.name!r} "
+            f"cannot walk; schedules that can: "
+            + ", ".join(e.name for e in SCHEDULES.entries() if direction_cls.returns in e.impl.accepts)
+        )
+    if cfg.site.positions not in POSITIONS:
+        raise ConfigError(f"site.positions={cfg.site.positions!r} is not supported; valid choices: {', '.join(POSITIONS)}")
+    bad = [m for m in cfg.metric.names if m not in METRICS]
+    if bad:
+        raise ConfigError(f"unknown metric(s) {bad}; valid choices: {', '.join(METRICS)}")
+    run = cfg.run
+    if run.shards < 1 or not 0 <= run.shard < run.shards:
+        raise ConfigError(f"run.shard must be in 0..run.shards-1, got shard={run.shard} shards={run.shards}")
+    if run.n_targets < 1 or run.batch_size < 1:
+        raise ConfigError("run.n_targets and run.batch_size must be positive")
+    return schedule
+
+
+def run_job(cfg: SensdirConfig) -> JobResult:
+    t0 = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat()
+    schedule = _validate(cfg)
+    run = cfg.run
+    jdir = job_dir(cfg)
+    chash = config_hash(cfg)
+    parquet_path, manifest_path = shard_paths(jdir, run.shard, run.shards)
+    if not run.overwrite and is_complete(jdir, run.shard, run.shards, chash):
+        n = json.loads(manifest_path.read_text())["n_rows"]
+        log.info("skip: %s is complete (%d rows)", parquet_path, n)
+        return JobResult(jdir, parquet_path, manifest_path, n, skipped=True)
+
+    torch.manual_seed(run.seed)
+    device = resolve_device(run.device)
+    model = load_model(cfg.model, device)
+    sae = load_sae(cfg.sae, device)
+    site = check_site(model, sae, cfg.site.hook)
+    prompts = load_prompts(cfg.data, model.tokenizer, run.seed)
+    sl = shard_slice(len(prompts.base_BT), run.shard, run.shards)
+    base_BT, base_index_B = prompts.base_BT[sl], prompts.base_index_B[sl]
+    t_load = time.perf_counter()
+
+    skip_first = cfg.data.prepend_bos
+    stats = compute_stats(site_activations(model, prompts.stats_NT, site), sae, cfg.stats, skip_first)
+    pool_PD = site_activations(model, prompts.pool_PT, site)[:, -1, :]
+    ctx = DirectionContext(sae=sae, stats=stats, pool_PD=pool_PD, device=device)
+    direction = DIRECTIONS.build(cfg.direction, ctx)
+    t_stats = time.perf_counter()
+
+    # One CPU generator, seeded once from the config (and the shard, so shards differ).
+    gen = torch.Generator().manual_seed(run.seed * 1_000_003 + run.shard)
+    base_BT = base_BT.repeat_interleave(run.n_targets, dim=0)
+    base_index_B = base_index_B.repeat_interleave(run.n_targets)
+    target_index_B = torch.arange(run.n_targets).repeat(len(base_BT) // run.n_targets)
+
+    cols: dict[str, list] = {k: [] for k in ("kl", "l2", "grid", "valid", "ms_step_kl", "ms_step_l2", "plateau_len", "base_norm")}
+    info_cols: dict[str, list] = {}
+    # Bases are walked in blocks of a few forward batches, bounding the [B, K, d] walk tensors.
+    block = 4 * max(1, run.batch_size // schedule.n_steps)
+    bar = tqdm(total=len(base_BT), desc=f"{cfg.direction.name} walks", unit="walk", disable=not run.progress)
+    for start in range(0, len(base_BT), block):
+        toks_bT = base_BT[start : start + block].to(device)
+        clean_bTD = clean_site_resid(model, toks_bT, site)
+        base_bD = clean_bTD[:, -1, :].float()
+        with torch.inference_mode():
+            prop = direction.propose(base_bD, base_index_B[start : start + block], gen)
+            walk = schedule.walk(base_bD, prop)
+        m = walk_metrics(model, clean_bTD, walk.acts_BKD, site, run.batch_size, progress=bar)
+        valid = walk.valid_BK
+        kl = torch.where(valid, m.kl_BK, torch.nan)
+        l2 = torch.where(valid, m.l2_BK, torch.nan)
+        cols["kl"].append(kl.cpu())
+        cols["l2"].append(l2.cpu())
+        cols["grid"].append(walk.grid_BK.float().cpu())
+        cols["valid"].append(valid.cpu())
+        cols["ms_step_kl"].append(max_slope_step(kl, valid, cfg.metric.ms_threshold).cpu())
+        cols["ms_step_l2"].append(max_slope_step(l2, valid, cfg.metric.ms_threshold).cpu())
+        cols["plateau_len"].append(plateau_length(l2, valid, cfg.metric.plateau_l2).cpu())
+        cols["base_norm"].append(base_bD.norm(dim=-1).cpu())
+        if prop.natural_length_B is not None:
+            info_cols.setdefault("natural_length", []).extend(prop.natural_length_B.tolist())
+        for key, val in prop.info.items():
+            info_cols.setdefault(key, []).extend(val.tolist() if torch.is_tensor(val) else list(val))
+    bar.close()
+    t_walk = time.perf_counter()
+
+    n = len(base_BT)
+    valid_NK = torch.cat(cols.pop("valid"))
+    to_lists = lambda x_NK: [[None if not ok else float(v) for v, ok in zip(row, vrow)] for row, vrow in zip(x_NK.tolist(), valid_NK.tolist())]  # noqa: E731
+    jkey = jdir.name
+    columns = {
+        "row_id": [f"{jkey}/s{run.shard}/p{int(p)}/t{int(t)}" for p, t in zip(base_index_B, target_index_B)],
+        "job_key": [jkey] * n,
+        "direction": [cfg.direction.name] * n,
+        "schedule": [cfg.schedule.name] * n,
+        "grid_kind": [schedule.grid_kind] * n,
+        "shard": [run.shard] * n,
+        "prompt_index": base_index_B.tolist(),
+        "target_index": target_index_B.tolist(),
+        "seed": [run.seed] * n,
+        "prompt_tokens": base_BT.tolist(),
+        "grid": torch.cat(cols["grid"]).tolist(),
+        "kl": to_lists(torch.cat(cols["kl"])),
+        "l2": to_lists(torch.cat(cols["l2"])),
+        "n_valid_steps": valid_NK.sum(-1).tolist(),
+        "ms_step_kl": torch.cat(cols["ms_step_kl"]).tolist(),
+        "ms_step_l2": torch.cat(cols["ms_step_l2"]).tolist(),
+        "plateau_len": torch.cat(cols["plateau_len"]).tolist(),
+        "base_norm": torch.cat(cols["base_norm"]).tolist(),
+        **info_cols,
+    }
+    meta = {"schema_version": SCHEMA_VERSION, "config_hash": chash, "job_key": jkey, "seed": run.seed, "config": config_dict(cfg)}
+    write_table_atomic(parquet_path, build_table(columns, meta))
+    t_end = time.perf_counter()
+    manifest = {
+        **meta,
+        "status": "complete",
+        "n_rows": n,
+        "shard": run.shard,
+        "shards": run.shards,
+        "parquet": parquet_path.name,
+        "provenance": provenance(),
+        "device": str(device),
+        "started_at": started,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "timings_s": {
+            "load": t_load - t0,
+            "stats": t_stats - t_load,
+            "walk": t_walk - t_stats,
+            "write": t_end - t_walk,
+            "total": t_end - t0,
+        },
+    }
+    write_json_atomic(manifest_path, manifest)
+    log.info("wrote %d rows (%s, %s) -> %s", n, cfg.direction.name, cfg.schedule.name, parquet_path)
+    return JobResult(jdir, parquet_path, manifest_path, n, skipped=False)

@@ -1,0 +1,99 @@
+"""Load the model and the SAE named by the config, checking they fit the site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sensdir.config import ModelConfig, SaeConfig
+from sensdir.engine import Site, SiteError
+from sensdir.errors import ConfigError, MissingResourceError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+MODEL_SOURCES = ("embedded", "transformer_lens")
+SAE_SOURCES = ("embedded", "sae_lens", "disk")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"run.device={name!r} is not a torch device (use auto, cpu, cuda, cuda:0, ...)") from e
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"model.dtype={name!r} is not one of {', '.join(_DTYPES)}") from None
+
+
+def load_model(cfg: ModelConfig, device: torch.device):
+    dtype = resolve_dtype(cfg.dtype)
+    if cfg.source == "embedded":
+        from sensdir.embedded import load_embedded_model
+
+        return load_embedded_model(path=cfg.path, device=device, dtype=dtype)
+    if cfg.source == "transformer_lens":
+        from sensdir.hub import hub_call
+        from transformer_lens import HookedTransformer
+
+        return hub_call(
+            f"model {cfg.name!r}",
+            lambda: HookedTransformer.from_pretrained(cfg.name, device=str(device), dtype=dtype),
+        )
+    raise ConfigError(f"model.source={cfg.source!r} is unknown; valid choices: {', '.join(MODEL_SOURCES)}")
+
+
+def embedded_sae_root() -> Path:
+    return Path(__file__).resolve().parent / "embedded" / "assets" / "saes"
+
+
+def embedded_sae_ids() -> list[str]:
+    root = embedded_sae_root()
+    return sorted(str(p.parent.relative_to(root)) for p in root.glob("*/*/cfg.json"))
+
+
+def load_sae(cfg: SaeConfig, device: torch.device):
+    from sae_lens import SAE
+
+    if cfg.source == "embedded":
+        path = embedded_sae_root() / cfg.sae_id
+        if not (path / "cfg.json").is_file():
+            raise ConfigError(
+                f"sae.sae_id={cfg.sae_id!r} is not an embedded SAE; valid choices: {', '.join(embedded_sae_ids()) or '(none shipped)'}"
+            )
+        return SAE.load_from_disk(path, device=str(device), dtype="float32")
+    if cfg.source == "disk":
+        if cfg.path is None or not (Path(cfg.path) / "cfg.json").is_file():
+            raise MissingResourceError(f"sae.path={cfg.path!r} is not a directory saved by sae_lens (no cfg.json there)")
+        return SAE.load_from_disk(cfg.path, device=str(device), dtype="float32")
+    if cfg.source == "sae_lens":
+        from sensdir.hub import hub_call
+
+        return hub_call(
+            f"SAE {cfg.release}/{cfg.sae_id}",
+            lambda: SAE.from_pretrained(cfg.release, cfg.sae_id, device=str(device), dtype="float32"),
+        )
+    raise ConfigError(f"sae.source={cfg.source!r} is unknown; valid choices: {', '.join(SAE_SOURCES)}")
+
+
+def sae_hook_name(sae) -> str | None:
+    return sae.cfg.metadata.hook_name
+
+
+def check_site(model, sae, hook: str) -> Site:
+    """The site must be a residual hook of this model, and the SAE must read exactly it."""
+    try:
+        site = Site.parse(hook, model.cfg.n_layers)
+    except SiteError as e:
+        raise ConfigError(str(e)) from None
+    sae_hook = sae_hook_name(sae)
+    if sae_hook is not None and sae_hook != hook:
+        raise ConfigError(f"the SAE reads {sae_hook!r} but site.hook is {hook!r}; set site.hook={sae_hook} or pick an SAE for {hook}")
+    if sae.cfg.d_in != model.cfg.d_model:
+        raise ConfigError(f"the SAE's d_in is {sae.cfg.d_in} but the model's d_model at {hook} is {model.cfg.d_model}")
+    return site
