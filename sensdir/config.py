@@ -53,7 +53,7 @@ class DataConfig:
     prepend_bos: bool = False  # METHODS §1 (choice): no BOS by default
     n_prompts: int = 100  # base prompts per job
     n_stats: int = 1000  # disjoint prompts for mu, Sigma, firing frequencies (METHODS §1)
-    n_pool: int = 1000  # disjoint prompts whose activations serve as "other real" targets
+    n_pool: int = 300  # disjoint prompts whose activations serve as "other real" targets
     dataset: Optional[str] = None
     dataset_config: Optional[str] = None
     split: str = "train"
@@ -126,7 +126,8 @@ def _editable_node(cls: type) -> Any:
 
     def unfreeze(cfg: Any) -> None:
         OmegaConf.set_readonly(cfg, None)
-        for key in cfg.keys():
+        keys = range(len(cfg)) if OmegaConf.is_list(cfg) else cfg.keys()
+        for key in keys:
             child = cfg._get_node(key)
             if OmegaConf.is_config(child):
                 unfreeze(child)

@@ -9,6 +9,7 @@ them) and ``base`` prompts (the ones perturbed). Stats and pool come first so th
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -21,6 +22,7 @@ from sensdir.config import DataConfig
 from sensdir.errors import ConfigError
 
 DATA_SOURCES = ("embedded", "hf")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,10 @@ def _documents(cfg: DataConfig, seed: int) -> Iterator[str]:
     if cfg.source == "embedded":
         from sensdir.embedded.corpus import documents
 
-        docs = list(documents("heldout"))
+        # (choice) The embedded corpus has one document per stdlib file, too few to draw
+        # thousands of prompts from; its "documents" for prompting are the paragraphs of the
+        # held-out files, in a seeded random order.
+        docs = [p.strip() for d in documents("heldout") for p in _PARAGRAPH.split(d) if p.strip()]
         random.Random(seed).shuffle(docs)
         yield from docs
     elif cfg.source == "hf":

@@ -34,9 +34,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 def load_model(cfg: ModelConfig, device: torch.device):
     dtype = resolve_dtype(cfg.dtype)
     if cfg.source == "embedded":
-        from sensdir.embedded import load_embedded_model
-
-        return load_embedded_model(path=cfg.path, device=device, dtype=dtype)
+        return load_model_dir(Path(cfg.path) if cfg.path else embedded_model_dir(), device, dtype)
     if cfg.source == "transformer_lens":
         from sensdir.hub import hub_call
         from transformer_lens import HookedTransformer
@@ -46,6 +44,45 @@ def load_model(cfg: ModelConfig, device: torch.device):
             lambda: HookedTransformer.from_pretrained(cfg.name, device=str(device), dtype=dtype),
         )
     raise ConfigError(f"model.source={cfg.source!r} is unknown; valid choices: {', '.join(MODEL_SOURCES)}")
+
+
+def embedded_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "embedded" / "assets" / "model"
+
+
+def load_model_dir(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """A HookedTransformer saved as ``config.json`` (HookedTransformerConfig kwargs),
+    ``model.safetensors`` (its state dict) and ``tokenizer/`` (``save_pretrained``)."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    missing = [n for n in ("config.json", "model.safetensors", "tokenizer") if not (path / n).exists()]
+    if missing:
+        raise MissingResourceError(
+            f"model weights directory {str(path)!r} lacks {', '.join(missing)}; point model.path at a directory "
+            f"with config.json, model.safetensors and tokenizer/ (python -m sensdir.embedded.train writes one)"
+        )
+    cfg = HookedTransformerConfig(**json.loads((path / "config.json").read_text()))
+    # transformer_lens only accepts a tokenizer reloaded through AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state = load_file(str(path / "model.safetensors"))
+    bad = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    # the attention masks are buffers rebuilt from n_ctx, not weights
+    missing_w = [k for k in bad.missing_keys if not k.endswith(("attn.mask", "attn.IGNORE"))]
+    if missing_w or bad.unexpected_keys:
+        raise MissingResourceError(f"{path}/model.safetensors does not match config.json: missing {missing_w}, unexpected {bad.unexpected_keys}")
+    # (HookedTransformer.to prints a line each time; skip the no-op moves)
+    if dtype != torch.float32:
+        model.to(dtype)
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    model.cfg.device = str(device)
+    model.eval()
+    return model
 
 
 def embedded_sae_root() -> Path:

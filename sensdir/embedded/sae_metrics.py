@@ -115,13 +115,13 @@ class ReconstructionStats:
         xf, hf = _flat(x), _flat(x_hat)
         f = feature_acts.reshape(-1, feature_acts.shape[-1]) != 0
         self.n += xf.shape[0]
-        s = xf.sum(0)
+        s = xf.sum(0).cpu()
         self.sum_x = s if self.sum_x is None else self.sum_x + s
         self.sum_sq_x += float(xf.pow(2).sum())
         self.sum_sq_err += float((xf - hf).pow(2).sum())
         self.sum_dot += float((xf * hf).sum())
         self.sum_l0 += float(f.sum())
-        self.fire_counts += f.sum(0).to(torch.float64)
+        self.fire_counts += f.sum(0).to(torch.float64).cpu()
 
     def fvu(self) -> float:
         assert self.sum_x is not None and self.n > 0

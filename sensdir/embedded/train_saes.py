@@ -12,14 +12,19 @@ family of d_sae = 1024 (4x) SAEs:
 * ``gated``                                 -- sae_lens's gated SAE.
 
 Activations
-    Train-split prose is tokenized, concatenated with a BOS token between documents and cut
-    into rows of ``n_ctx`` tokens, each row starting with BOS. The model runs only up to the
-    deepest site (``stop_at_layer``). Position 0 of every row (always BOS) is excluded: its
-    residual is a constant-ish outlier that carries no text. The activations are generated
-    once per site, shuffled with the seed, and the whole family reads the same buffer.
-    Inputs are scaled to mean norm sqrt(d_in) during training (sae_lens's
+    Prose of the corpus split (``sensdir.embedded.corpus``) is tokenized with the model's
+    tokenizer, every document preceded by the end-of-text token (id 0) -- the layout the model
+    was trained on -- and the stream is cut into consecutive windows of ``n_ctx`` = 128 tokens
+    (no BOS is prepended: the model was trained on windows starting anywhere, and the sensdir
+    prompts carry no BOS either). The model runs only up to the deepest site
+    (``stop_at_layer``). Position 0 of every window is excluded: whatever its token, the first
+    position attends only to itself and its residual is an outlier (attention-sink-like), not
+    typical text. Train windows are shuffled with the seed; the activations are generated once
+    per site, shuffled again with the seed, and the whole family reads the same buffer (one
+    pass). Inputs are scaled to mean norm sqrt(d_in) during training (sae_lens's
     ``expected_average_only_in``; the factor is folded into the weights at the end), and
-    ``b_dec`` starts at the (scaled) activation mean.
+    ``b_dec`` starts at the (scaled) activation mean. Evaluation uses the windows of the
+    ``heldout`` split, position 0 excluded likewise.
 
 Outputs (under ``sensdir/embedded/assets/saes`` unless ``--out``)
     ``<site>/<name>/``  ``cfg.json`` + ``sae_weights.safetensors`` (sae_lens ``save_model``;
@@ -94,6 +99,7 @@ class TrainSettings:
     eval_rows: int = 1024  # held-out rows for FVU / gamma / L0 / firing frequency
     ce_rows: int = 256  # held-out rows for the CE-loss splice
     threads: int = 2
+    device: str = "cpu"
 
 
 # --------------------------------------------------------------------------------------
@@ -128,73 +134,68 @@ def random_model(seed: int = 0, d_vocab: int = 8192):
     return HookedTransformer(cfg)
 
 
-def _bos_id(model) -> int:
+def _eot_id(model) -> int:
+    """The end-of-text token that separates documents (the tokenizer's BOS/EOS; 0 for the
+    embedded tokenizer)."""
     tok = getattr(model, "tokenizer", None)
-    for attr in ("bos_token_id", "eos_token_id"):
+    for attr in ("eos_token_id", "bos_token_id"):
         v = getattr(tok, attr, None) if tok is not None else None
         if v is not None:
             return int(v)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token")
+    raise ValueError("the tokenizer has neither an EOS nor a BOS token")
 
 
-def _encode(model, docs: Sequence[str]) -> list[list[int]]:
+def token_stream(model, docs: Sequence[str]) -> torch.Tensor:
+    """All documents tokenized (no special tokens added), each preceded by the end-of-text
+    token -- the same layout the embedded model was trained on."""
     tok = model.tokenizer
-    out: list[list[int]] = []
-    chunk = 256
-    for i in range(0, len(docs), chunk):
-        enc = tok(list(docs[i : i + chunk]), add_special_tokens=False)["input_ids"]
-        out.extend(enc)
-    return out
+    eot = _eot_id(model)
+    out: list[int] = []
+    for i in range(0, len(docs), 256):
+        for ids in tok(list(docs[i : i + 256]), add_special_tokens=False)["input_ids"]:
+            out.append(eot)
+            out.extend(ids)
+    return torch.tensor(out, dtype=torch.long)
 
 
-def pack_rows(
-    token_lists: Iterator[list[int]] | Sequence[list[int]],
-    bos: int,
-    n_ctx: int,
-    max_rows: int | None = None,
+def stream_rows(stream: torch.Tensor, n_ctx: int) -> torch.Tensor:
+    """Cut a token stream into consecutive non-overlapping ``[rows, n_ctx]`` windows (a trailing
+    partial window is dropped). Windows start anywhere in a document, as the embedded model's
+    training windows do; position 0 is excluded from SAE data downstream."""
+    n = stream.numel() // n_ctx
+    if n == 0:
+        raise ValueError(f"a stream of {stream.numel()} tokens holds no window of {n_ctx}")
+    return stream[: n * n_ctx].view(n, n_ctx).clone()
+
+
+def corpus_rows(
+    model, split: str, n_ctx: int, max_rows: int | None = None, seed: int | None = None
 ) -> torch.Tensor:
-    """Concatenate documents (BOS between them) and cut into ``[rows, n_ctx]`` rows that each
-    start with BOS. A trailing partial row is dropped."""
-    body = n_ctx - 1
-    rows: list[torch.Tensor] = []
-    buf: list[int] = []
-    for ids in token_lists:
-        if buf:
-            buf.append(bos)
-        buf.extend(ids)
-        while len(buf) >= body:
-            rows.append(torch.tensor([bos] + buf[:body], dtype=torch.long))
-            buf = buf[body:]
-            if max_rows is not None and len(rows) >= max_rows:
-                return torch.stack(rows)
-    if not rows:
-        raise ValueError("not enough text for a single row")
-    return torch.stack(rows)
-
-
-def corpus_rows(model, split: str, n_ctx: int, max_rows: int | None) -> torch.Tensor:
-    """Token rows from the embedded prose corpus (``sensdir.embedded.corpus``)."""
+    """Windows of the embedded prose corpus (``sensdir.embedded.corpus``). With ``seed`` the
+    windows are shuffled with it before ``max_rows`` are kept; else the first ``max_rows``."""
     from sensdir.embedded import corpus
 
-    docs = list(corpus.documents(split))
-    bos = _bos_id(model)
-    rows: list[torch.Tensor] = []
-    # encode lazily in chunks so we stop once enough rows exist
-    def gen() -> Iterator[list[int]]:
-        for i in range(0, len(docs), 512):
-            yield from _encode(model, docs[i : i + 512])
+    rows = stream_rows(token_stream(model, corpus.documents(split)), n_ctx)
+    if seed is not None:
+        rows = rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed))]
+    return rows[:max_rows] if max_rows is not None else rows
 
-    rows_t = pack_rows(gen(), bos, n_ctx, max_rows)
-    del rows
-    return rows_t
+
+def load_model():
+    """The embedded model (``sensdir.embedded.load_embedded_model``, else the asset directory)."""
+    try:
+        from sensdir.embedded import load_embedded_model
+    except ImportError:
+        from sensdir.loading import embedded_model_dir, load_model_dir
+
+        return load_model_dir(embedded_model_dir())
+    return load_embedded_model()
 
 
 def synthetic_rows(model, n_rows: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     n_ctx = model.cfg.n_ctx
-    rows = torch.randint(1, model.cfg.d_vocab, (n_rows, n_ctx), generator=g)
-    rows[:, 0] = 0
-    return rows
+    return torch.randint(0, model.cfg.d_vocab, (n_rows, n_ctx), generator=g)
 
 
 @torch.no_grad()
@@ -209,12 +210,12 @@ def collect_activations(
     names = set(sites)
     per = n_ctx - 1
     for i in range(0, n_rows, batch_rows):
-        batch = rows[i : i + batch_rows]
+        batch = rows[i : i + batch_rows].to(model.cfg.device)
         _, cache = model.run_with_cache(
             batch, stop_at_layer=stop, names_filter=lambda n: n in names
         )
         for s in sites:
-            a = cache[s][:, 1:, :].reshape(-1, d).float()
+            a = cache[s][:, 1:, :].reshape(-1, d).float().cpu()
             out[s][i * per : i * per + a.shape[0]] = a
     return out
 
@@ -244,7 +245,7 @@ def _metadata(site: str, spec: SaeSpec, settings: TrainSettings, n_ctx: int):
         hook_name=site,
         hook_head_index=None,
         context_size=n_ctx,
-        prepend_bos=True,
+        prepend_bos=False,
         seqpos_slice=[1, None],
         sensdir_name=spec.name,
         sensdir_seed=settings.seed,
@@ -266,7 +267,7 @@ def make_training_sae(spec: SaeSpec, site: str, d_in: int, steps: int, settings,
         d_in=d_in,
         d_sae=D_SAE,
         dtype="float32",
-        device="cpu",
+        device=settings.device,
         apply_b_dec_to_input=True,
         normalize_activations="expected_average_only_in",
         metadata=_metadata(site, spec, settings, n_ctx),
@@ -315,7 +316,7 @@ def train_one(
         lr_scheduler_name="constant",
         lr_warm_up_steps=max(1, steps // 50),
         lr_decay_steps=max(1, steps // 5),  # linear decay to 0 over the last 20%
-        device="cpu",
+        device=settings.device,
         dead_feature_window=max(10, steps // 8),
         feature_sampling_window=max(10, steps // 4),
         n_checkpoints=0,
@@ -332,7 +333,7 @@ def train_one(
     return trained
 
 
-def ship(training_sae, out_dir: Path):
+def ship(training_sae, out_dir: Path, device: str = "cpu"):
     """Save the inference SAE with sae_lens ``save_model``: float16 weights, float32 cfg dtype.
 
     Returns the shipped SAE reloaded as float32 (so metrics describe the shipped weights)."""
@@ -341,13 +342,15 @@ def ship(training_sae, out_dir: Path):
     with tempfile.TemporaryDirectory() as tmp:
         training_sae.save_inference_model(tmp)
         inf = SAE.load_from_disk(tmp, dtype="float32")
-    inf = inf.to(torch.float16)
+    inf = inf.to(device="cpu", dtype=torch.float16)
     out_dir.mkdir(parents=True, exist_ok=True)
     _, cfg_path = inf.save_model(out_dir)
     cfg = json.loads(cfg_path.read_text())
     cfg["dtype"] = "float32"  # sae_lens's disk loader casts the float16 tensors to this
     cfg_path.write_text(json.dumps(cfg, indent=1, sort_keys=True))
-    return SAE.load_from_disk(out_dir)
+    for f in out_dir.iterdir():
+        f.chmod(0o644)
+    return SAE.load_from_disk(out_dir, device=device)
 
 
 # --------------------------------------------------------------------------------------
@@ -377,7 +380,7 @@ def ce_with_splice(model, rows: torch.Tensor, site: str, fn=None, batch_rows: in
     hooks = [(site, hook)] if fn is not None else []
     total, count = 0.0, 0
     for i in range(0, rows.shape[0], batch_rows):
-        b = rows[i : i + batch_rows]
+        b = rows[i : i + batch_rows].to(model.cfg.device)
         lpt = model.run_with_hooks(b, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
         lpt = lpt[:, 1:].double()
         total += float(lpt.sum())
@@ -453,7 +456,7 @@ def write_cards(out_root: Path, cards: list[dict[str, Any]]) -> None:
         "",
         "Metrics on held-out prose "
         f"({c0['eval_tokens']:,} activations for L0/FVU/gamma/dead; {c0['ce_tokens']:,} predicted tokens for CE), "
-        "position 0 (BOS) excluded everywhere:",
+        "position 0 of every 128-token window excluded everywhere:",
         "",
         "* L0 = mean number of non-zero latents per token.",
         "* FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2.",
@@ -523,14 +526,13 @@ def run(
         held_rows = synthetic_rows(model, settings.eval_rows, settings.seed + 1)
         data_desc = "synthetic uniform tokens, random model"
     else:
-        from sensdir.embedded import load_embedded_model
-
-        model = load_embedded_model()
+        model = load_model()
         n_ctx = model.cfg.n_ctx
         n_train_rows = math.ceil(settings.train_tokens / (n_ctx - 1))
-        train_rows = corpus_rows(model, "train", n_ctx, n_train_rows)
+        train_rows = corpus_rows(model, "train", n_ctx, n_train_rows, seed=settings.seed)
         held_rows = corpus_rows(model, "heldout", n_ctx, settings.eval_rows)
         data_desc = "sensdir.embedded.corpus prose: train split for training, heldout split for evaluation"
+    model.to(settings.device)
     model.eval()
     if train_rows.shape[0] * (n_ctx - 1) < settings.train_tokens:
         print(
@@ -553,10 +555,10 @@ def run(
     for si, site in enumerate(sites):
         acts = train_acts[site]
         perm = torch.randperm(acts.shape[0], generator=torch.Generator().manual_seed(settings.seed + 1000 * si))
-        acts = acts[perm]
+        acts = acts[perm].to(settings.device)
         act_mean = acts.mean(0)
         scale = math.sqrt(acts.shape[1]) / float(acts.norm(dim=-1).mean())
-        held = held_acts[site]
+        held = held_acts[site].to(settings.device)
         ce_clean = ce_with_splice(model, ce_rows, site)
         ce_zero = ce_with_splice(model, ce_rows, site, lambda x: torch.zeros_like(x))
         print(f"[train_saes] {site}: scale {scale:.4f}, CE clean {ce_clean:.4f}, zero-ablated {ce_zero:.4f}", flush=True)
@@ -568,10 +570,10 @@ def run(
             trained = train_one(spec, site, acts, act_mean, scale, settings, n_ctx, sae_seed)
             train_wall, train_cpu = time.time() - t1, time.process_time() - c1
             out_dir = out_root / site / spec.name
-            sae = ship(trained, out_dir)
+            sae = ship(trained, out_dir, settings.device)
             sae.eval()
             st = recon_stats(sae, held)
-            freq = st.firing_frequency()
+            freq = st.firing_frequency().cpu()
             save_file({"firing_freq": freq.contiguous()}, str(out_dir / "firing_freq.safetensors"))
             ce_rec = ce_with_splice(model, ce_rows, site, _sae_fn(sae))
             steps = settings.train_tokens // settings.batch_size
@@ -631,6 +633,15 @@ def run(
     return cards
 
 
+def parse_spec(text: str) -> SaeSpec:
+    name, arch, value = text.split(":")
+    if arch == "topk":
+        return SaeSpec(name, arch, k=int(value))
+    if arch in ("standard", "gated"):
+        return SaeSpec(name, arch, l1_coefficient=float(value))
+    raise ValueError(f"unknown architecture {arch!r} in --spec {text!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainSettings()
@@ -645,6 +656,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sites", nargs="+", default=list(SITES))
     p.add_argument("--only", nargs="+", default=None, help="train only these names (no index/CARDS)")
     p.add_argument("--smoke", action="store_true", help="random model + synthetic tokens, tiny sizes")
+    p.add_argument(
+        "--spec",
+        action="append",
+        default=None,
+        metavar="NAME:ARCH:VALUE",
+        help="replace the family by these SAEs (repeatable; VALUE is the L1 coefficient for "
+        "standard/gated, k for topk), e.g. --spec l1-a:standard:3 --spec t8:topk:8",
+    )
     a = p.parse_args(argv)
     settings = TrainSettings(
         seed=a.seed,
@@ -668,7 +687,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else ""
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(settings, out, sites=a.sites, names=a.only, smoke=a.smoke, command=command)
+    family = None
+    if a.spec:
+        specs = tuple(parse_spec(x) for x in a.spec)
+        family = {site: specs for site in a.sites}
+    run(settings, out, sites=a.sites, names=a.only, smoke=a.smoke, command=command, family=family)
     print(f"[train_saes] wrote {out}")
     return 0
 

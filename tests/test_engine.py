@@ -1,0 +1,59 @@
+"""The engine (blocks from the site on, last position only) equals the papers' computation
+(hook overwrites the site, whole model on the whole sequence). Tolerance: float32,
+KL within 1e-5 absolute, final-residual L2 within 1e-4 relative."""
+
+import pytest
+import torch
+
+from sensdir.engine import Site, SiteError, clean_site_resid, naive_readouts, run_from_site, walk_metrics
+from sensdir.loading import load_model_dir
+from sensdir.metrics import kl_from_logits
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return load_model_dir(tiny_model_dir)
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
+def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook):
+    torch.manual_seed(1)
+    site = Site.parse(hook, model.cfg.n_layers)
+    B, T, K = 3, 7, 6
+    tokens_BT = torch.randint(0, model.cfg.d_vocab, (B, T))
+    clean_BTD = clean_site_resid(model, tokens_BT, site)
+    target_BD = torch.randn(B, model.cfg.d_model) * 5
+    t_K = torch.linspace(0, 1, K)
+    acts_BKD = (1 - t_K[None, :, None]) * clean_BTD[:, None, -1] + t_K[None, :, None] * target_BD[:, None]
+    # batch_size smaller than B*K: several forward chunks
+    m = walk_metrics(model, clean_BTD, acts_BKD, site, batch_size=2 * K)
+    for b in range(B):
+        logits_KV, final_KD = naive_readouts(model, tokens_BT[b], acts_BKD[b], site)
+        kl_K = kl_from_logits(logits_KV[:1].expand_as(logits_KV), logits_KV)
+        l2_K = (final_KD - final_KD[:1]).norm(dim=-1)
+        torch.testing.assert_close(m.kl_BK[b], kl_K, atol=1e-5, rtol=0)
+        torch.testing.assert_close(m.l2_BK[b], l2_K, atol=1e-4, rtol=1e-4)
+    assert (m.kl_BK[:, 0] == 0).all() and (m.l2_BK[:, 0] == 0).all()
+    assert (m.kl_BK[:, -1] > 1e-4).all(), "a 5-sigma target must move the output"
+
+
+def test_unperturbed_readout_equals_model_logits(model):
+    tokens_BT = torch.randint(0, model.cfg.d_vocab, (2, 5))
+    site = Site.parse("blocks.1.hook_resid_pre", model.cfg.n_layers)
+    logits_NV, _ = run_from_site(model, clean_site_resid(model, tokens_BT, site), site)
+    torch.testing.assert_close(logits_NV, model(tokens_BT)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hook", ["blocks.2.hook_resid_pre", "blocks.1.attn.hook_z", "hook_embed"])
+def test_bad_sites_are_refused(hook):
+    with pytest.raises(SiteError):
+        Site.parse(hook, n_layers=2)
+
+
+def test_kl_direction_is_clean_first():
+    p = torch.tensor([[2.0, 0.0, -1.0]])
+    q = torch.tensor([[0.0, 1.0, 0.5]])
+    P, Q = p.softmax(-1), q.softmax(-1)
+    expected = (P * (P.log() - Q.log())).sum()
+    assert torch.allclose(kl_from_logits(p, q), expected.reshape(1))
+    assert not torch.allclose(kl_from_logits(q, p), expected.reshape(1))
