@@ -1,6 +1,5 @@
 # make run   - create .venv if missing, then run the quickstart sweep on the embedded model
 # make test  - create .venv if missing, then run the test suite
-# make bench - engine vs naive reference timings
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +13,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.sensdir-installed
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: venv run test test-fast bench clean-results
+.PHONY: venv run test test-fast clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,9 +36,6 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not slurm"
-
-bench: $(STAMP)
-	$(PY) -m sensdir.bench
 
 clean-results:
 	rm -rf results
