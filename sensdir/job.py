@@ -29,7 +29,15 @@ from sensdir.metrics import max_slope_step, plateau_length
 from sensdir.provenance import provenance
 from sensdir.registry import UnknownNameError
 from sensdir.schedules import SCHEDULES
-from sensdir.shards import SCHEMA_VERSION, build_table, is_complete, shard_paths, write_json_atomic, write_table_atomic
+from sensdir.shards import (
+    SCHEMA_VERSION,
+    build_table,
+    is_complete,
+    plan_path,
+    shard_paths,
+    write_json_atomic,
+    write_table_atomic,
+)
 from sensdir.stats import compute_stats, site_activations
 
 log = logging.getLogger("sensdir")
@@ -134,6 +142,14 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     base_BT = base_BT.repeat_interleave(run.n_targets, dim=0)
     base_index_B = base_index_B.repeat_interleave(run.n_targets)
     target_index_B = torch.arange(run.n_targets).repeat(len(base_BT) // run.n_targets)
+    jkey = jdir.name
+    row_ids = [f"{jkey}/s{run.shard}/p{int(p)}/t{int(t)}" for p, t in zip(base_index_B, target_index_B)]
+    # The plan is written once every check has passed: the reduce compares it with what the
+    # shards hold, so a job killed mid-run shows up as missing rows, not as nothing.
+    write_json_atomic(
+        plan_path(jdir, run.shard, run.shards),
+        {"job_key": jkey, "config_hash": chash, "shard": run.shard, "shards": run.shards, "n_rows": len(row_ids), "row_ids": row_ids},
+    )
 
     cols: dict[str, list] = {k: [] for k in ("kl", "l2", "grid", "valid", "ms_step_kl", "ms_step_l2", "plateau_len", "base_norm")}
     info_cols: dict[str, list] = {}
@@ -169,9 +185,8 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     n = len(base_BT)
     valid_NK = torch.cat(cols.pop("valid"))
     to_lists = lambda x_NK: [[None if not ok else float(v) for v, ok in zip(row, vrow)] for row, vrow in zip(x_NK.tolist(), valid_NK.tolist())]  # noqa: E731
-    jkey = jdir.name
     columns = {
-        "row_id": [f"{jkey}/s{run.shard}/p{int(p)}/t{int(t)}" for p, t in zip(base_index_B, target_index_B)],
+        "row_id": row_ids,
         "job_key": [jkey] * n,
         "direction": [cfg.direction.name] * n,
         "schedule": [cfg.schedule.name] * n,

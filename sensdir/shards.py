@@ -1,6 +1,7 @@
 """Parquet shards and their manifests: schema, atomic writes, completeness.
 
-One job writes one shard ``shard-<i>-of-<n>.parquet`` with one row per perturbation and,
+One job writes ``shard-<i>-of-<n>.plan.json`` (the row ids it will write) once its input is
+checked, then one shard ``shard-<i>-of-<n>.parquet`` with one row per perturbation and,
 beside it, ``shard-<i>-of-<n>.manifest.json`` (resolved config, versions, git commit, seed,
 host, timings). The manifest is written last, so a shard without a complete manifest is
 never taken as finished. The schema is documented in docs/shards.md.
@@ -49,6 +50,11 @@ def shard_stem(shard: int, shards: int) -> str:
 def shard_paths(job_dir: Path, shard: int, shards: int) -> tuple[Path, Path]:
     stem = shard_stem(shard, shards)
     return job_dir / f"{stem}.parquet", job_dir / f"{stem}.manifest.json"
+
+
+def plan_path(job_dir: Path, shard: int, shards: int) -> Path:
+    """The rows a shard will hold, written before its compute starts."""
+    return job_dir / f"{shard_stem(shard, shards)}.plan.json"
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
