@@ -81,12 +81,21 @@ class RunConfig:
     out_dir: str = "results"
     seed: int = 0
     n_targets: int = 1  # perturbations (targets) per base prompt
-    batch_size: int = 4096  # perturbed activations per forward pass
     device: str = "auto"  # "auto" = cuda if available else cpu
     shards: int = 1  # prompts are split into this many shards ...
     shard: int = 0  # ... and this job computes this one
     overwrite: bool = False
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the walks are computed; changes speed and memory, not results (beyond float
+    rounding), so it is not part of a job's identity."""
+
+    batch_size: int = 4096  # perturbed activations (rows x steps) per forward pass
+    kv_cache: bool = True  # last-position site: run the clean prefix once per prompt
+    logits_mb: float = 512  # budget for the vocabulary-sized logits and log-probs
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,7 @@ class SensdirConfig:
     schedule: Any = MISSING  # a registered ScheduleConfig subclass
     metric: MetricConfig = field(default_factory=MetricConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     experiment: Optional[str] = None
 
 

@@ -107,6 +107,72 @@ def _row_chunks(B: int, K: int, budget: int) -> Iterator[slice]:
         yield slice(start, min(B, start + rows))
 
 
+@dataclass
+class PrefixKV:
+    """Keys and values of the clean prefix (every position but the last) for each block
+    from the site on. The last position's perturbation cannot reach them (causal mask), so
+    they are computed once per prompt and shared by every step of its walks."""
+
+    keys_L: list[Tensor]  # per block: [B, T-1, heads, d_head]
+    values_L: list[Tensor]
+
+
+@torch.inference_mode()
+def prefix_kv(model, clean_BTD: Float[Tensor, "B T d"], site: Site) -> PrefixKV:
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    B = clean_BTD.shape[0]
+    resid = clean_BTD[:, :-1, :]
+    keys, values = [], []
+    for block in model.blocks[site.start_layer :]:
+        entry = TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, clean_BTD.device, B)
+        resid = block(resid, past_kv_cache_entry=entry)
+        keys.append(entry.past_keys)
+        values.append(entry.past_values)
+    return PrefixKV(keys, values)
+
+
+@torch.inference_mode()
+def run_last_from_site(
+    model, acts_ND: Float[Tensor, "N d"], prefix: PrefixKV, prompt_N: Int[Tensor, " N"], site: Site
+) -> Float[Tensor, "N d"]:
+    """Final residual of the last position when only it is recomputed, on the prefix's
+    frozen keys and values (transformer_lens's own blocks and KV-cache entries)."""
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    resid = acts_ND[:, None, :]
+    for i, block in enumerate(model.blocks[site.start_layer :]):
+        entry = TransformerLensKeyValueCacheEntry(
+            past_keys=prefix.keys_L[i][prompt_N], past_values=prefix.values_L[i][prompt_N], frozen=True
+        )
+        resid = block(resid, past_kv_cache_entry=entry)
+    return resid[:, 0, :]
+
+
+def _logit_rows(model, logits_mb: float) -> int:
+    """Rows of vocabulary-sized logits (and their log-softmax copies) that fit the budget."""
+    per_row = model.cfg.d_vocab * 4 * 3  # logits, log-probs, their product, in float32
+    return max(1, int(logits_mb * 2**20 // per_row))
+
+
+@torch.inference_mode()
+def _kl_l2_of_walks(model, final_nKD: Float[Tensor, "n K d"], logit_rows: int) -> tuple[Tensor, Tensor]:
+    """KL and L2 of each step against its walk's step 0, unembedding a few walks at a time
+    so that the vocabulary-sized tensors stay within budget."""
+    n, K, D = final_nKD.shape
+    kl_nK = torch.empty(n, K, dtype=torch.float32, device=final_nKD.device)
+    walks = max(1, logit_rows // K)
+    for w in range(0, n, walks):
+        f_wKD = final_nKD[w : w + walks]
+        logits_wKV = model.unembed(model.ln_final(f_wKD))
+        logq_wKV = torch.log_softmax(logits_wKV.float(), dim=-1)
+        del logits_wKV
+        logp_w1V = logq_wKV[:, :1, :]
+        kl_nK[w : w + walks] = (logp_w1V.exp() * (logp_w1V - logq_wKV)).sum(-1)
+    l2_nK = (final_nKD.float() - final_nKD[:, :1, :].float()).norm(dim=-1)
+    return kl_nK, l2_nK
+
+
 @torch.inference_mode()
 def walk_metrics(
     model,
@@ -115,26 +181,37 @@ def walk_metrics(
     site: Site,
     batch_size: int = 4096,
     progress=None,
+    kv_cache: bool = True,
+    logits_mb: float = 512,
 ) -> StepMetrics:
-    """KL and L2 at every step of every walk, relative to that walk's step 0.
+    """KL and L2 at every step of every walk (last position perturbed), relative to that
+    walk's step 0.
 
-    Whole walks go into one forward pass (``batch_size`` bounds rows x steps), so step 0's
-    readout comes from the same batch as the others and KL/L2 start at exactly 0.
+    With ``kv_cache`` the clean prefix is run once per prompt and only the last position is
+    recomputed for each step; without it, the whole sequence is rerun from the site for
+    every step (the general path). Whole walks go into one forward pass (``batch_size``
+    bounds rows x steps), so step 0's readout comes from the same batch as the others and
+    KL and L2 start at exactly 0.
     """
     B, K, D = acts_BKD.shape
     T = clean_BTD.shape[1]
     kl_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BKD.device)
     l2_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BKD.device)
+    logit_rows = _logit_rows(model, logits_mb)
+    prefix = prefix_kv(model, clean_BTD, site) if kv_cache else None
     for rows in _row_chunks(B, K, batch_size):
         n = rows.stop - rows.start
-        resid_nKTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).clone()
-        resid_nKTD[:, :, -1, :] = acts_BKD[rows].to(resid_nKTD.dtype)
-        logits_NV, final_ND = run_from_site(model, resid_nKTD.reshape(n * K, T, D), site)
-        logits_nKV = logits_NV.reshape(n, K, -1)
-        final_nKD = final_ND.reshape(n, K, D)
-        clean_logits = logits_nKV[:, :1, :].expand_as(logits_nKV).reshape(n * K, -1)
-        kl_BK[rows] = kl_from_logits(clean_logits, logits_NV).reshape(n, K)
-        l2_BK[rows] = (final_nKD.float() - final_nKD[:, :1, :].float()).norm(dim=-1)
+        acts_ND = acts_BKD[rows].reshape(n * K, D).to(clean_BTD.dtype)
+        if prefix is not None:
+            prompt_N = torch.arange(rows.start, rows.stop, device=acts_ND.device).repeat_interleave(K)
+            final_ND = run_last_from_site(model, acts_ND, prefix, prompt_N, site)
+        else:
+            resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
+            resid_NTD[:, -1, :] = acts_ND
+            for block in model.blocks[site.start_layer :]:
+                resid_NTD = block(resid_NTD)
+            final_ND = resid_NTD[:, -1, :]
+        kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(model, final_ND.reshape(n, K, D), logit_rows)
         if progress is not None:
             progress.update(n)
     return StepMetrics(kl_BK, l2_BK)

@@ -45,7 +45,7 @@ log = logging.getLogger("sensdir")
 METRICS = ("kl", "l2")
 POSITIONS = ("last",)
 # Settings that change how a job runs, not what it computes: excluded from its identity.
-_NOT_IDENTITY = ("out_dir", "progress", "overwrite", "shard", "device", "batch_size")
+_NOT_IDENTITY = ("out_dir", "progress", "overwrite", "shard", "device")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ def config_dict(cfg: SensdirConfig) -> dict:
 def config_hash(cfg: SensdirConfig) -> str:
     d = config_dict(cfg)
     d["run"] = {k: v for k, v in d["run"].items() if k not in _NOT_IDENTITY}
+    del d["engine"]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -102,8 +103,8 @@ def _validate(cfg: SensdirConfig):
     run = cfg.run
     if run.shards < 1 or not 0 <= run.shard < run.shards:
         raise ConfigError(f"run.shard must be in 0..run.shards-1, got shard={run.shard} shards={run.shards}")
-    if run.n_targets < 1 or run.batch_size < 1:
-        raise ConfigError("run.n_targets and run.batch_size must be positive")
+    if run.n_targets < 1 or cfg.engine.batch_size < 1 or cfg.engine.logits_mb <= 0:
+        raise ConfigError("run.n_targets, engine.batch_size and engine.logits_mb must be positive")
     return schedule
 
 
@@ -154,7 +155,7 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     cols: dict[str, list] = {k: [] for k in ("kl", "l2", "grid", "valid", "ms_step_kl", "ms_step_l2", "plateau_len", "base_norm")}
     info_cols: dict[str, list] = {}
     # Bases are walked in blocks of a few forward batches, bounding the [B, K, d] walk tensors.
-    block = 4 * max(1, run.batch_size // schedule.n_steps)
+    block = 4 * max(1, cfg.engine.batch_size // schedule.n_steps)
     bar = tqdm(total=len(base_BT), desc=f"{cfg.direction.name} walks", unit="walk", disable=not run.progress)
     for start in range(0, len(base_BT), block):
         toks_bT = base_BT[start : start + block].to(device)
@@ -163,7 +164,8 @@ def run_job(cfg: SensdirConfig) -> JobResult:
         with torch.inference_mode():
             prop = direction.propose(base_bD, base_index_B[start : start + block], gen)
             walk = schedule.walk(base_bD, prop)
-        m = walk_metrics(model, clean_bTD, walk.acts_BKD, site, run.batch_size, progress=bar)
+        eng = cfg.engine
+        m = walk_metrics(model, clean_bTD, walk.acts_BKD, site, eng.batch_size, bar, eng.kv_cache, eng.logits_mb)
         valid = walk.valid_BK
         kl = torch.where(valid, m.kl_BK, torch.nan)
         l2 = torch.where(valid, m.l2_BK, torch.nan)

@@ -79,7 +79,7 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def tiny_cfg(tiny_model_dir, tiny_sae_dir, tmp_path):
     """A complete job config on the tiny model: small, fast, every field explicit."""
-    from sensdir.config import DataConfig, MetricConfig, ModelConfig, RunConfig, SaeConfig, SensdirConfig, SiteConfig
+    from sensdir.config import DataConfig, EngineConfig, MetricConfig, ModelConfig, RunConfig, SaeConfig, SensdirConfig, SiteConfig
     from sensdir.directions.real import RealConfig
     from sensdir.schedules.relative import RelativeConfig
 
@@ -91,7 +91,8 @@ def tiny_cfg(tiny_model_dir, tiny_sae_dir, tmp_path):
         direction=RealConfig(),
         schedule=RelativeConfig(n_steps=11),
         metric=MetricConfig(plateau_l2=1.0),
-        run=RunConfig(out_dir=str(tmp_path / "results"), name="t", progress=False, batch_size=64),
+        run=RunConfig(out_dir=str(tmp_path / "results"), name="t", progress=False),
+        engine=EngineConfig(batch_size=64),
     )
 
 

@@ -196,7 +196,7 @@ def test_tiny_training_run(tmp_path):
 
     from sensdir.embedded.train_saes import SaeSpec, TrainSettings, run
 
-    settings = TrainSettings(seed=0, train_tokens=4 * 512, batch_size=512, eval_rows=4, ce_rows=2)
+    settings = TrainSettings(seed=0, train_tokens=4 * 512, batch_size=512, eval_rows=4, ce_rows=2, threads=1)
     family = {"blocks.1.hook_resid_pre": (SaeSpec("t", "topk", k=4), SaeSpec("g", "gated", l1_coefficient=1.0))}
     cards = run(settings, tmp_path, sites=["blocks.1.hook_resid_pre"], smoke=True, command="test", family=family)
     assert [c["name"] for c in cards] == ["t", "g"]

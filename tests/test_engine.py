@@ -16,7 +16,8 @@ def model(tiny_model_dir):
 
 
 @pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
-def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook):
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, kv_cache):
     torch.manual_seed(1)
     site = Site.parse(hook, model.cfg.n_layers)
     B, T, K = 3, 7, 6
@@ -26,7 +27,8 @@ def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook):
     t_K = torch.linspace(0, 1, K)
     acts_BKD = (1 - t_K[None, :, None]) * clean_BTD[:, None, -1] + t_K[None, :, None] * target_BD[:, None]
     # batch_size smaller than B*K: several forward chunks
-    m = walk_metrics(model, clean_BTD, acts_BKD, site, batch_size=2 * K)
+    # logits_mb this small unembeds one walk at a time
+    m = walk_metrics(model, clean_BTD, acts_BKD, site, batch_size=2 * K, kv_cache=kv_cache, logits_mb=0.01)
     for b in range(B):
         logits_KV, final_KD = naive_readouts(model, tokens_BT[b], acts_BKD[b], site)
         kl_K = kl_from_logits(logits_KV[:1].expand_as(logits_KV), logits_KV)

@@ -51,7 +51,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+# Idle OpenMP workers sleep instead of spinning: on a small shared CPU, spinning workers made
+# every small op ~100x slower with 2 threads. Only effective if torch is not imported yet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from sensdir.embedded.sae_metrics import (
     ReconstructionStats,
@@ -510,11 +514,19 @@ def run(
     command: str = "",
     family: dict[str, tuple[SaeSpec, ...]] | None = None,
 ) -> list[dict[str, Any]]:
+    family = family or FAMILY
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings, out_root, sites, names, smoke, command, family)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[str, Any]]:
     import sae_lens
     from safetensors.torch import save_file
 
-    family = family or FAMILY
-    torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     t_start, c_start = time.time(), time.process_time()
 

@@ -1,0 +1,236 @@
+"""Completeness of a sweep: planned rows (plan files) against present rows (readable shards).
+
+A sweep directory holds one subdirectory per job (``<direction>-<hash>/``); each job writes
+``shard-<i>-of-<n>.plan.json`` before compute, then the ``.parquet`` shard and, last, its
+``.manifest.json`` (docs/shards.md). Here every Parquet file is first validated on its own
+(footer, required columns, row count against its manifest); a file that fails is reported by
+path and left out. Planned rows are the union of the plans' ``row_ids``; a job whose plans say
+``shards: n`` is expected to have shards ``0..n-1`` even where a plan file is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from sensdir.shards import shard_stem
+
+_STEM = re.compile(r"^shard-(\d+)-of-(\d+)$")
+REQUIRED_COLUMNS = ("row_id", "job_key", "direction", "kl", "l2", "ms_step_kl", "ms_step_l2", "plateau_len")
+# How many ids of each kind the report lists in full; the counts are always exact.
+MAX_LISTED = 50
+
+
+@dataclass
+class ShardFile:
+    path: Path
+    job_dir: Path
+    stem: str
+    n_rows: int
+    manifest: dict[str, Any] | None
+
+
+@dataclass
+class Completeness:
+    """What was planned, what is there, and what is wrong, by file where it is a file."""
+
+    sweep_dir: Path
+    job_dirs: list[Path] = field(default_factory=list)
+    shards: list[ShardFile] = field(default_factory=list)  # readable Parquet files
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # job_key -> first complete manifest
+    n_planned: int = 0
+    n_present: int = 0  # distinct row ids in readable files
+    missing_shards: list[str] = field(default_factory=list)  # expected shard paths with no Parquet file
+    corrupt_files: dict[str, str] = field(default_factory=dict)  # path -> why it is unreadable
+    truncated_files: dict[str, str] = field(default_factory=dict)  # path -> rows found vs the manifest's
+    unfinished_files: list[str] = field(default_factory=list)  # Parquet without a complete manifest
+    bad_plans: dict[str, str] = field(default_factory=dict)
+    n_missing_rows: int = 0
+    missing_rows: list[str] = field(default_factory=list)  # first MAX_LISTED
+    n_duplicated_rows: int = 0  # row ids seen more than once
+    duplicated_rows: dict[str, list[str]] = field(default_factory=dict)  # row id -> files, first MAX_LISTED
+    n_unplanned_rows: int = 0
+    # row id -> the one file whose copy is used; the other copies are skipped by the reader.
+    duplicate_owner: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.missing_shards
+            or self.corrupt_files
+            or self.truncated_files
+            or self.unfinished_files
+            or self.bad_plans
+            or self.n_missing_rows
+            or self.n_duplicated_rows
+        )
+
+    def problems(self) -> list[str]:
+        """One human-readable line per problem, files named."""
+        out = [f"missing shard (no Parquet file): {p}" for p in self.missing_shards]
+        out += [f"corrupt shard: {p}: {why}" for p, why in self.corrupt_files.items()]
+        out += [f"truncated shard: {p}: {why}" for p, why in self.truncated_files.items()]
+        out += [f"shard without a complete manifest: {p}" for p in self.unfinished_files]
+        out += [f"unreadable plan: {p}: {why}" for p, why in self.bad_plans.items()]
+        if self.n_missing_rows:
+            shown = ", ".join(self.missing_rows[:5]) + (", ..." if self.n_missing_rows > 5 else "")
+            out.append(f"{self.n_missing_rows} planned row(s) missing: {shown}")
+        if self.n_duplicated_rows:
+            shown = "; ".join(f"{r} in {', '.join(fs)}" for r, fs in list(self.duplicated_rows.items())[:5])
+            out.append(f"{self.n_duplicated_rows} row id(s) duplicated: {shown}" + (" ..." if self.n_duplicated_rows > 5 else ""))
+        return out
+
+    def summary(self) -> str:
+        head = f"{self.n_present} of {self.n_planned} planned rows present in {len(self.shards)} readable shard(s) of {len(self.job_dirs)} job(s)"
+        if self.n_unplanned_rows:
+            head += f"; {self.n_unplanned_rows} row(s) not in any plan"
+        return head
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sweep_dir": str(self.sweep_dir),
+            "ok": self.ok,
+            "summary": self.summary(),
+            "n_jobs": len(self.job_dirs),
+            "n_readable_shards": len(self.shards),
+            "n_planned": self.n_planned,
+            "n_present": self.n_present,
+            "n_missing_rows": self.n_missing_rows,
+            "missing_rows": self.missing_rows,
+            "n_duplicated_rows": self.n_duplicated_rows,
+            "duplicated_rows": self.duplicated_rows,
+            "n_unplanned_rows": self.n_unplanned_rows,
+            "missing_shards": self.missing_shards,
+            "corrupt_files": self.corrupt_files,
+            "truncated_files": self.truncated_files,
+            "unfinished_files": self.unfinished_files,
+            "bad_plans": self.bad_plans,
+            "problems": self.problems(),
+        }
+
+
+def find_job_dirs(sweep_dir: Path) -> list[Path]:
+    """Directories holding shard files: the sweep's job subdirectories (``hydra/`` ignored),
+    or the sweep directory itself when it is a single job's."""
+    def has_shards(d: Path) -> bool:
+        return any(d.glob("shard-*.plan.json")) or any(d.glob("shard-*.parquet")) or any(d.glob("shard-*.manifest.json"))
+
+    jobs = sorted(d for d in sweep_dir.iterdir() if d.is_dir() and d.name != "hydra" and has_shards(d))
+    if not jobs and has_shards(sweep_dir):
+        jobs = [sweep_dir]
+    return jobs
+
+
+def _stem_of(path: Path) -> str:
+    return path.name.split(".", 1)[0]
+
+
+def _validate_file(path: Path, manifest: dict[str, Any] | None) -> tuple[int | None, str | None, str | None]:
+    """(n_rows, corrupt_reason, truncated_reason) from the footer alone."""
+    try:
+        meta = pq.ParquetFile(path).metadata
+        names = set(meta.schema.names)
+    except (OSError, pa.ArrowException) as e:
+        return None, f"{type(e).__name__}: {e}", None
+    lacking = [c for c in REQUIRED_COLUMNS if c not in names]
+    if lacking:
+        return None, f"lacks column(s) {lacking}", None
+    if manifest is not None and manifest.get("n_rows") is not None and meta.num_rows != manifest["n_rows"]:
+        return meta.num_rows, None, f"{meta.num_rows} rows, manifest says {manifest['n_rows']}"
+    return meta.num_rows, None, None
+
+
+def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
+    sweep_dir = Path(sweep_dir)
+    comp = Completeness(sweep_dir=sweep_dir, job_dirs=find_job_dirs(sweep_dir))
+    planned: list[pa.Array] = []
+    for jdir in comp.job_dirs:
+        expected: set[str] = set()
+        for plan_file in sorted(jdir.glob("shard-*.plan.json")):
+            try:
+                plan = json.loads(plan_file.read_text())
+                planned.append(pa.array(plan["row_ids"], type=pa.string()))
+                expected.update(shard_stem(i, int(plan["shards"])) for i in range(int(plan["shards"])))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                comp.bad_plans[str(plan_file)] = f"{type(e).__name__}: {e}"
+                m = _STEM.match(_stem_of(plan_file))
+                if m:
+                    expected.update(shard_stem(i, int(m.group(2))) for i in range(int(m.group(2))))
+        parquets = {_stem_of(p): p for p in sorted(jdir.glob("shard-*.parquet"))}
+        for stem in sorted(expected - set(parquets)):
+            comp.missing_shards.append(str(jdir / f"{stem}.parquet"))
+        for stem, path in parquets.items():
+            manifest = _read_json(jdir / f"{stem}.manifest.json")
+            if manifest is not None and manifest.get("status") != "complete":
+                manifest = None
+            n_rows, corrupt, truncated = _validate_file(path, manifest)
+            if corrupt:
+                comp.corrupt_files[str(path)] = corrupt
+                continue
+            if truncated:
+                comp.truncated_files[str(path)] = truncated
+            if manifest is None:
+                comp.unfinished_files.append(str(path))
+            else:
+                comp.manifests.setdefault(manifest.get("job_key", jdir.name), manifest)
+            comp.shards.append(ShardFile(path, jdir, stem, n_rows or 0, manifest))
+
+    # Row ids of every readable file: one projected column per file, read file by file so that
+    # a file whose data pages are damaged (footer intact) is caught and named too.
+    present: list[pa.Array] = []
+    owners: list[pa.Array] = []
+    readable: list[ShardFile] = []
+    bar = tqdm(comp.shards, desc="reduce: row ids", unit="shard", disable=not progress)
+    for i, sf in enumerate(bar):
+        try:
+            ids = ds.dataset(sf.path, format="parquet").to_table(columns=["row_id"]).column("row_id").combine_chunks()
+        except (OSError, pa.ArrowException) as e:
+            comp.corrupt_files[str(sf.path)] = f"{type(e).__name__}: {e}"
+            continue
+        readable.append(sf)
+        present.append(ids)
+        owners.append(pa.array([len(readable) - 1] * len(ids), type=pa.int32()))
+    bar.close()
+    comp.shards = readable
+
+    present_ids = pa.chunked_array(present, type=pa.string()).combine_chunks() if present else pa.array([], pa.string())
+    planned_ids = pa.chunked_array(planned, type=pa.string()).combine_chunks() if planned else pa.array([], pa.string())
+    planned_unique = pc.unique(planned_ids)
+    comp.n_planned = len(planned_unique)
+    counts = pc.value_counts(present_ids) if len(present_ids) else pa.StructArray.from_arrays([pa.array([], pa.string()), pa.array([], pa.int64())], ["values", "counts"])
+    values, n = counts.field("values"), counts.field("counts")
+    comp.n_present = len(values)
+    dup_ids = pc.filter(values, pc.greater(n, 1))
+    comp.n_duplicated_rows = len(dup_ids)
+    if len(dup_ids):
+        owner_of = pa.chunked_array(owners, type=pa.int32()).combine_chunks()
+        mask = pc.is_in(present_ids, value_set=dup_ids)
+        d_ids = pc.filter(present_ids, mask).to_pylist()
+        d_files = pc.filter(owner_of, mask).to_pylist()
+        for rid, fi in zip(d_ids, d_files):
+            path = str(readable[fi].path)
+            comp.duplicate_owner.setdefault(rid, path)
+            if rid in comp.duplicated_rows or len(comp.duplicated_rows) < MAX_LISTED:
+                comp.duplicated_rows.setdefault(rid, []).append(path)
+    missing = pc.filter(planned_unique, pc.invert(pc.is_in(planned_unique, value_set=values)))
+    comp.n_missing_rows = len(missing)
+    comp.missing_rows = missing.slice(0, MAX_LISTED).to_pylist()
+    if len(planned_unique):
+        comp.n_unplanned_rows = int(pc.sum(pc.invert(pc.is_in(values, value_set=planned_unique))).as_py() or 0)
+    return comp
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

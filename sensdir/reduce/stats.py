@@ -1,0 +1,147 @@
+"""Statistics of a reduced sweep, as one tidy table (one value per row).
+
+Columns: ``section`` (``summary``, ``error_pathology``, ``feature_l0``), the group
+(``direction``, ``schedule``, ``sae``, ``hook``), ``metric``, ``statistic``, ``x`` (the
+length, for curves; null otherwise), ``value`` and ``n`` (rows behind the value).
+
+- summary: per direction type and (schedule, SAE, hook): mean, sd, median and a bootstrap
+  percentile CI of the mean of ``ms_step_kl``, ``ms_step_l2`` and ``plateau_len``, and the
+  two-sample Kolmogorov-Smirnov statistic and p-value against ``real`` on the same
+  (schedule, SAE, hook) [GP24].
+- error_pathology: per (SAE, hook), mean KL at the natural length ||SAE(x) - x|| of
+  ``sae_error`` and of each baseline walked to the same length, and their ratios [G24, LH24].
+- feature_l0: per SAE, mean KL against mean grid length per step, for ``length`` grids [LH24].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from scipy import stats as sps
+
+from sensdir.reduce.read import SweepData
+
+METRICS = ("ms_step_kl", "ms_step_l2", "plateau_len")
+REFERENCE = "real"
+ERROR_DIRECTION = "sae_error"
+ERROR_BASELINES = ("eps_random", "cov_mixture", "real_mixture")
+COLUMNS = ("section", "direction", "schedule", "sae", "hook", "metric", "statistic", "x", "value", "n")
+
+
+def bootstrap_mean_ci(x: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the mean. Resamples are drawn as multinomial counts over the distinct
+    values, which is the same distribution as resampling rows and costs O(distinct values)
+    per resample, so 10^6 integer max-slope steps bootstrap in a moment."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) == 0 or n_boot <= 0:
+        return (float("nan"), float("nan"))
+    vals, counts = np.unique(x, return_counts=True)
+    n = len(x)
+    means = np.empty(n_boot)
+    chunk = max(1, min(n_boot, 2_000_000 // max(len(vals), 1)))
+    for s in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - s)
+        draws = rng.multinomial(n, counts / n, size=m)
+        means[s : s + m] = draws @ vals / n
+    a = (1 - level) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    if len(a) == 0 or len(b) == 0:
+        return (float("nan"), float("nan"))
+    r = sps.ks_2samp(a, b)
+    return float(r.statistic), float(r.pvalue)
+
+
+def _row(section, g, metric, statistic, value, n, x=None, direction=None) -> dict:
+    return {
+        "section": section,
+        "direction": direction if direction is not None else g.direction,
+        "schedule": g.schedule,
+        "sae": g.sae,
+        "hook": g.hook,
+        "metric": metric,
+        "statistic": statistic,
+        "x": None if x is None else float(x),
+        "value": None if value is None or not np.isfinite(value) else float(value),
+        "n": int(n),
+    }
+
+
+def summary_rows(data: SweepData, n_boot: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    refs = {g.stratum: i for i, g in enumerate(data.groups) if g.direction == REFERENCE}
+    rows = []
+    for gi, g in enumerate(data.groups):
+        for metric in METRICS:
+            x = data.values(metric, gi).astype(np.float64)
+            n = len(x)
+            if n == 0:
+                continue
+            rows.append(_row("summary", g, metric, "mean", x.mean(), n))
+            rows.append(_row("summary", g, metric, "sd", x.std(ddof=1) if n > 1 else np.nan, n))
+            rows.append(_row("summary", g, metric, "median", np.median(x), n))
+            lo, hi = bootstrap_mean_ci(x, n_boot, rng)
+            rows.append(_row("summary", g, metric, "ci95_low", lo, n))
+            rows.append(_row("summary", g, metric, "ci95_high", hi, n))
+            ref = refs.get(g.stratum)
+            if ref is not None and ref != gi:
+                y = data.values(metric, ref).astype(np.float64)
+                d, p = ks_2samp(x, y)
+                rows.append(_row("summary", g, metric, "ks_vs_real", d, n + len(y)))
+                rows.append(_row("summary", g, metric, "ks_pvalue_vs_real", p, n + len(y)))
+    return rows
+
+
+def error_pathology_rows(data: SweepData) -> list[dict]:
+    """Mean KL at the natural length per direction, and sae_error's ratio to each baseline,
+    per (SAE, hook); empty where the sweep has no sae_error rows."""
+    rows = []
+    by_site: dict[tuple, dict[str, list[int]]] = {}
+    for gi, g in enumerate(data.groups):
+        if g.direction == ERROR_DIRECTION or g.direction in ERROR_BASELINES:
+            by_site.setdefault((g.sae, g.hook), {}).setdefault(g.direction, []).append(gi)
+    for (sae, hook), dirs in sorted(by_site.items()):
+        if ERROR_DIRECTION not in dirs:
+            continue
+        means = {}
+        for d, gis in dirs.items():
+            v = np.concatenate([data.values("kl_natural", gi) for gi in gis]).astype(np.float64)
+            means[d] = (v.mean() if len(v) else np.nan, len(v))
+            rows.append(_row("error_pathology", data.groups[gis[0]], "kl_at_natural_length", "mean", means[d][0], len(v)))
+        err, n_err = means[ERROR_DIRECTION]
+        g0 = data.groups[dirs[ERROR_DIRECTION][0]]
+        for b in ERROR_BASELINES:
+            if b in means:
+                base, n_b = means[b]
+                ratio = err / base if base and np.isfinite(base) and base != 0 else np.nan
+                rows.append(_row("error_pathology", g0, f"kl_ratio_vs_{b}", "ratio", ratio, n_err + n_b))
+    return rows
+
+
+def feature_l0_rows(data: SweepData) -> list[dict]:
+    rows = []
+    for gi, g in enumerate(data.groups):
+        if g.grid_kind != "length":
+            continue
+        c = data.curves[gi]
+        kl, grid = c.mean("kl"), c.mean("grid")
+        for k in range(min(len(kl), len(grid))):
+            if np.isfinite(kl[k]) and np.isfinite(grid[k]):
+                rows.append(_row("feature_l0", g, "kl", "mean_at_length", kl[k], c.counts["kl"][k], x=grid[k]))
+    return rows
+
+
+def stats_table(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pa.Table:
+    rows = summary_rows(data, n_boot, seed) + error_pathology_rows(data) + feature_l0_rows(data)
+    schema = pa.schema(
+        [(c, pa.string()) for c in COLUMNS[:7]] + [("x", pa.float64()), ("value", pa.float64()), ("n", pa.int64())]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def lookup(table: pa.Table, **where) -> list[dict]:
+    """Rows of the tidy table matching every given column value (for tests, figures, HTML)."""
+    return [r for r in table.to_pylist() if all(r.get(k) == v for k, v in where.items())]
