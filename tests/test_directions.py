@@ -270,3 +270,12 @@ def test_synth_struct_draws_nothing(ctx, base_BD):
     gives the same targets."""
     p1, p2 = propose("synth_struct", ctx, base_BD, seed=7), propose("synth_struct", ctx, base_BD, seed=8)
     assert torch.equal(p1.target_BD, p2.target_BD)
+
+
+@pytest.mark.parametrize("name", TARGET_TYPES)
+def test_works_under_inference_mode(name, ctx, base_BD):
+    """The job calls propose under torch.inference_mode(): same targets as without it."""
+    with torch.inference_mode():
+        p1 = propose(name, ctx, base_BD, seed=3)
+    p2 = propose(name, ctx, base_BD, seed=3)
+    assert torch.equal(p1.target_BD, p2.target_BD)

@@ -59,3 +59,21 @@ def test_kl_direction_is_clean_first():
     expected = (P * (P.log() - Q.log())).sum()
     assert torch.allclose(kl_from_logits(p, q), expected.reshape(1))
     assert not torch.allclose(kl_from_logits(q, p), expected.reshape(1))
+
+
+def test_walk_kl_equals_the_definition():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 50) * 3
+    logits[:, 0] = logits[:, 0] * 1.0
+    from sensdir.engine import walk_kl
+
+    ref = torch.stack([kl_from_logits(logits[w, :1].expand(6, -1), logits[w]) for w in range(3)])
+    got = walk_kl(logits)
+    torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
+    assert (got[:, 0] == 0).all()
+    # tiny perturbations: float32 rounding only (absolute error well below 1e-6)
+    small = logits[:, :1] + 1e-3 * torch.randn(3, 6, 50)
+    small[:, 0] = logits[:, 0]
+    lp = torch.log_softmax(small.double(), -1)
+    ref_small = (lp[:, :1].exp() * (lp[:, :1] - lp)).sum(-1)
+    torch.testing.assert_close(walk_kl(small).double(), ref_small, atol=5e-7, rtol=0)

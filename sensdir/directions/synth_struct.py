@@ -58,6 +58,7 @@ class SynthStructConfig(DirectionConfig):
 class SynthStruct(Direction):
     returns = "target"
     cfg: SynthStructConfig
+    CHUNK = 256  # bases whose decoder cosines are computed in one matmul (CHUNK x d_sae floats)
 
     def __init__(self, cfg: SynthStructConfig, ctx: DirectionContext):
         super().__init__(cfg, ctx)
@@ -69,10 +70,12 @@ class SynthStruct(Direction):
             w_SD = ctx.sae.W_dec.detach().float()
             self.dhat_SD = w_SD / w_SD.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # SAE's device
 
-    def _cos_to(self, j: int) -> Float[Tensor, " d_sae"]:
-        """``cos(d_j, d_k)`` for every latent ``k``, on the CPU in float64."""
+    def _cos_rows(self, j_N: Int[Tensor, " n"]) -> Float[Tensor, "n d_sae"]:
+        """``cos(d_j, d_k)`` for each ``j`` in ``j_N`` and every latent ``k``: one matmul on the
+        SAE's device, returned on the CPU (float32)."""
         with torch.no_grad():
-            return (self.dhat_SD @ self.dhat_SD[j]).to("cpu", torch.float64)
+            rows_ND = self.dhat_SD[j_N.to(self.dhat_SD.device)]
+            return (rows_ND @ self.dhat_SD.T).cpu()
 
     def synthesize(self, f_BS: Float[Tensor, "B d_sae"], gen: torch.Generator | None = None) -> StructCodes:
         """The structured codes for each row of ``f_BS`` (deterministic; ``gen`` is unused)."""
@@ -82,44 +85,61 @@ class SynthStruct(Direction):
         top_B = torch.full((n_b,), -1, dtype=torch.long)
         anchor_B = torch.full((n_b,), -1, dtype=torch.long)
         anchor_cos_B = torch.full((n_b,), float("nan"), dtype=torch.float64)
-        moves: list[list[tuple[int, int]]] = []
-        for b in range(n_b):
-            f_S = f_cpu_BS[b]
-            active_K = torch.nonzero(f_S).squeeze(1)  # increasing index
-            if active_K.numel() == 0:
-                moves.append([])
+        moves: list[list[tuple[int, int]]] = [[] for _ in range(n_b)]
+        for lo in range(0, n_b, self.CHUNK):
+            rows = [b for b in range(lo, min(lo + self.CHUNK, n_b)) if bool((f_cpu_BS[b] != 0).any())]
+            if not rows:
                 continue
-            # decreasing value, ties by increasing index (stable sort); t = argmax f is first
-            order_K = active_K[torch.sort(-f_S[active_K], stable=True).indices]
-            t = int(order_K[0])
-            cos_tS = self._cos_to(t)
-
-            excluded_S = self.dead_S.clone()
-            excluded_S[t] = True
-            cand_C = nearest_in_frequency(self.freq_S, t, excluded_S, self.cfg.n_anchor_candidates)
-            if cand_C.numel() == 0:
-                raise ValueError(f"synth_struct: no live latent other than {t} to serve as anchor (base row {b})")
-            # argmin returns the first minimum: the candidate closest in frequency wins ties
-            c = int(cand_C[torch.argmin((cos_tS[cand_C] - self.cfg.anchor_cos).abs())])
-            cos_cS = self._cos_to(c)
-
-            used_S = self.dead_S.clone()
-            row_moves: list[tuple[int, int]] = []
-            for i in order_K.tolist():
-                if i == t:
-                    j = c
-                else:
-                    gap_S = (cos_cS - cos_tS[i]).abs()  # |cos(d_c, d_j) - s_i|
-                    gap_S[used_S] = float("inf")
-                    if bool(used_S.all()):
-                        raise ValueError(f"synth_struct: no live unused latent left for latent {i} (base row {b})")
-                    j = int(torch.argmin(gap_S))  # first minimum: smallest index
-                f_new_BS[b, j] = f_S[i]
-                used_S[j] = True
-                row_moves.append((i, j))
-            moves.append(row_moves)
-            top_B[b], anchor_B[b], anchor_cos_B[b] = t, c, cos_tS[c]
+            # argmax returns the first maximum: the smallest index among equal top values
+            t_R = f_cpu_BS[rows].argmax(dim=-1)
+            cos_tRS = self._cos_rows(t_R)
+            c_R = torch.empty_like(t_R)
+            for r, b in enumerate(rows):
+                t = int(t_R[r])
+                excluded_S = self.dead_S.clone()
+                excluded_S[t] = True
+                cand_C = nearest_in_frequency(self.freq_S, t, excluded_S, self.cfg.n_anchor_candidates)
+                if cand_C.numel() == 0:
+                    raise ValueError(f"synth_struct: no live latent other than {t} to serve as anchor (base row {b})")
+                # argmin returns the first minimum: the candidate closest in frequency wins ties
+                c_R[r] = cand_C[torch.argmin((cos_tRS[r, cand_C] - self.cfg.anchor_cos).abs())]
+            cos_cRS = self._cos_rows(c_R)
+            for r, b in enumerate(rows):
+                t, c = int(t_R[r]), int(c_R[r])
+                moves[b] = self._move(f_cpu_BS[b], f_new_BS[b], t, c, cos_tRS[r], cos_cRS[r], b)
+                top_B[b], anchor_B[b], anchor_cos_B[b] = t, c, float(cos_tRS[r, c])
         return StructCodes(f_cpu_BS, f_new_BS, moves, top_B, anchor_B, anchor_cos_B)
+
+    def _move(
+        self,
+        f_S: Float[Tensor, " d_sae"],
+        f_new_S: Float[Tensor, " d_sae"],
+        t: int,
+        c: int,
+        cos_tS: Float[Tensor, " d_sae"],
+        cos_cS: Float[Tensor, " d_sae"],
+        b: int,
+    ) -> list[tuple[int, int]]:
+        """Fill ``f_new_S`` (in place) from ``f_S``; return the moves ``(i, j)`` in order."""
+        active_K = torch.nonzero(f_S).squeeze(1)  # increasing index
+        # decreasing value, ties by increasing index (stable sort): t = argmax f comes first
+        order_K = active_K[torch.sort(-f_S[active_K], stable=True).indices]
+        assert int(order_K[0]) == t
+        # cos(d_c, d_j) for the latents still available; +inf marks dead or used ones
+        free_cos_S = cos_cS.masked_fill(self.dead_S, float("inf"))
+        row_moves: list[tuple[int, int]] = []
+        for i in order_K.tolist():
+            if i == t:
+                j = c  # cos(d_c, d_c) = 1 = s_t: t goes to the anchor
+            else:
+                gap_S = (free_cos_S - cos_tS[i]).abs()  # |cos(d_c, d_j) - s_i|
+                j = int(torch.argmin(gap_S))  # first minimum: smallest index
+                if gap_S[j] == float("inf"):
+                    raise ValueError(f"synth_struct: no live unused latent left for latent {i} (base row {b})")
+            f_new_S[j] = f_S[i]
+            free_cos_S[j] = float("inf")
+            row_moves.append((i, j))
+        return row_moves
 
     def propose(
         self,
