@@ -94,7 +94,8 @@ class EngineConfig:
     rounding), so it is not part of a job's identity."""
 
     batch_size: int = 4096  # perturbed activations (rows x steps) per forward pass
-    kv_cache: bool = True  # last-position site: run the clean prefix once per prompt
+    # "auto" | "lean" | "kv_cache" | "full": see sensdir.engine.WalkEngine
+    path: str = "auto"
     logits_mb: float = 512  # budget for the vocabulary-sized logits and log-probs
 
 

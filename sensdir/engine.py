@@ -186,7 +186,66 @@ def _kl_l2_of_walks(model, final_nKD: Float[Tensor, "n K d"], logit_rows: int) -
     return kl_nK, l2_nK
 
 
-@torch.inference_mode()
+class WalkEngine:
+    """Computes the KL and L2 curves of walks that perturb the last position.
+
+    ``path`` picks how: ``lean`` (the clean prefix's keys and values computed once per
+    prompt and shared by every step of its walks, in ``sensdir.fastpath``), ``kv_cache``
+    (the same through transformer_lens's blocks and KV-cache entries, for layouts the lean
+    path doesn't cover) or ``full`` (every step reruns the whole sequence from the site).
+    ``auto`` takes the first that applies. All three agree with ``naive_readouts``.
+    """
+
+    PATHS = ("auto", "lean", "kv_cache", "full")
+
+    def __init__(self, model, site: Site, path: str = "auto", batch_size: int = 4096, logits_mb: float = 512):
+        from sensdir.fastpath import LastPosition, unsupported_reason
+
+        if path not in self.PATHS:
+            raise ValueError(f"engine path {path!r} is unknown; valid choices: {', '.join(self.PATHS)}")
+        if path == "auto":
+            path = "lean" if unsupported_reason(model.cfg) is None else "kv_cache"
+        self.model, self.site, self.path = model, site, path
+        self.batch_size, self.logit_rows = batch_size, _logit_rows(model, logits_mb)
+        self.lean = LastPosition(model, site.start_layer) if path == "lean" else None
+
+    @torch.inference_mode()
+    def walk_metrics(
+        self, clean_BTD: Float[Tensor, "B T d"], acts_BKD: Float[Tensor, "B K d"], progress=None
+    ) -> StepMetrics:
+        """KL and L2 at every step of every walk, relative to that walk's step 0.
+
+        Whole walks go into one forward pass (``batch_size`` bounds rows x steps), so step 0's
+        readout comes from the same batch as the others and KL and L2 start at exactly 0.
+        """
+        B, K, D = acts_BKD.shape
+        T = clean_BTD.shape[1]
+        kl_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BKD.device)
+        l2_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BKD.device)
+        if self.path == "lean":
+            prefix = self.lean.prefix(clean_BTD)
+        elif self.path == "kv_cache":
+            prefix = prefix_kv(self.model, clean_BTD, self.site)
+        for rows in _row_chunks(B, K, self.batch_size):
+            n = rows.stop - rows.start
+            acts_nKD = acts_BKD[rows].to(clean_BTD.dtype)
+            if self.path == "lean":
+                final_nKD = self.lean.run(acts_nKD, [(k[rows], v[rows]) for k, v in prefix])
+            elif self.path == "kv_cache":
+                prompt_N = torch.arange(rows.start, rows.stop, device=acts_nKD.device).repeat_interleave(K)
+                final_nKD = run_last_from_site(self.model, acts_nKD.reshape(n * K, D), prefix, prompt_N, self.site).reshape(n, K, D)
+            else:
+                resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
+                resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)
+                for block in self.model.blocks[self.site.start_layer :]:
+                    resid_NTD = block(resid_NTD)
+                final_nKD = resid_NTD[:, -1, :].reshape(n, K, D)
+            kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(self.model, final_nKD, self.logit_rows)
+            if progress is not None:
+                progress.update(n)
+        return StepMetrics(kl_BK, l2_BK)
+
+
 def walk_metrics(
     model,
     clean_BTD: Float[Tensor, "B T d"],
@@ -194,37 +253,8 @@ def walk_metrics(
     site: Site,
     batch_size: int = 4096,
     progress=None,
-    kv_cache: bool = True,
+    path: str = "auto",
     logits_mb: float = 512,
 ) -> StepMetrics:
-    """KL and L2 at every step of every walk (last position perturbed), relative to that
-    walk's step 0.
-
-    With ``kv_cache`` the clean prefix is run once per prompt and only the last position is
-    recomputed for each step; without it, the whole sequence is rerun from the site for
-    every step (the general path). Whole walks go into one forward pass (``batch_size``
-    bounds rows x steps), so step 0's readout comes from the same batch as the others and
-    KL and L2 start at exactly 0.
-    """
-    B, K, D = acts_BKD.shape
-    T = clean_BTD.shape[1]
-    kl_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BKD.device)
-    l2_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BKD.device)
-    logit_rows = _logit_rows(model, logits_mb)
-    prefix = prefix_kv(model, clean_BTD, site) if kv_cache else None
-    for rows in _row_chunks(B, K, batch_size):
-        n = rows.stop - rows.start
-        acts_ND = acts_BKD[rows].reshape(n * K, D).to(clean_BTD.dtype)
-        if prefix is not None:
-            prompt_N = torch.arange(rows.start, rows.stop, device=acts_ND.device).repeat_interleave(K)
-            final_ND = run_last_from_site(model, acts_ND, prefix, prompt_N, site)
-        else:
-            resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
-            resid_NTD[:, -1, :] = acts_ND
-            for block in model.blocks[site.start_layer :]:
-                resid_NTD = block(resid_NTD)
-            final_ND = resid_NTD[:, -1, :]
-        kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(model, final_ND.reshape(n, K, D), logit_rows)
-        if progress is not None:
-            progress.update(n)
-    return StepMetrics(kl_BK, l2_BK)
+    """One-off ``WalkEngine(...).walk_metrics(...)``."""
+    return WalkEngine(model, site, path, batch_size, logits_mb).walk_metrics(clean_BTD, acts_BKD, progress)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sensdir.config import SensdirConfig
 from sensdir.data import load_prompts, shard_slice
 from sensdir.directions import DIRECTIONS, DirectionContext
-from sensdir.engine import clean_site_resid, walk_metrics
+from sensdir.engine import WalkEngine, clean_site_resid
 from sensdir.errors import ConfigError
 from sensdir.loading import check_site, load_model, load_sae, resolve_device
 from sensdir.metrics import max_slope_step, plateau_length
@@ -103,6 +103,8 @@ def _validate(cfg: SensdirConfig):
     run = cfg.run
     if run.shards < 1 or not 0 <= run.shard < run.shards:
         raise ConfigError(f"run.shard must be in 0..run.shards-1, got shard={run.shard} shards={run.shards}")
+    if cfg.engine.path not in WalkEngine.PATHS:
+        raise ConfigError(f"engine.path={cfg.engine.path!r} is unknown; valid choices: {', '.join(WalkEngine.PATHS)}")
     if run.n_targets < 1 or cfg.engine.batch_size < 1 or cfg.engine.logits_mb <= 0:
         raise ConfigError("run.n_targets, engine.batch_size and engine.logits_mb must be positive")
     return schedule
@@ -136,6 +138,8 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     pool_PD = site_activations(model, prompts.pool_PT, site)[:, -1, :]
     ctx = DirectionContext(sae=sae, stats=stats, pool_PD=pool_PD, device=device)
     direction = DIRECTIONS.build(cfg.direction, ctx)
+    eng = cfg.engine
+    engine = WalkEngine(model, site, eng.path, eng.batch_size, eng.logits_mb)
     t_stats = time.perf_counter()
 
     # One CPU generator, seeded once from the config (and the shard, so shards differ).
@@ -164,8 +168,7 @@ def run_job(cfg: SensdirConfig) -> JobResult:
         with torch.inference_mode():
             prop = direction.propose(base_bD, base_index_B[start : start + block], gen)
             walk = schedule.walk(base_bD, prop)
-        eng = cfg.engine
-        m = walk_metrics(model, clean_bTD, walk.acts_BKD, site, eng.batch_size, bar, eng.kv_cache, eng.logits_mb)
+        m = engine.walk_metrics(clean_bTD, walk.acts_BKD, progress=bar)
         valid = walk.valid_BK
         kl = torch.where(valid, m.kl_BK, torch.nan)
         l2 = torch.where(valid, m.l2_BK, torch.nan)

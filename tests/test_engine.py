@@ -16,8 +16,8 @@ def model(tiny_model_dir):
 
 
 @pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
-@pytest.mark.parametrize("kv_cache", [True, False])
-def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, kv_cache):
+@pytest.mark.parametrize("path", ["lean", "kv_cache", "full"])
+def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, path):
     torch.manual_seed(1)
     site = Site.parse(hook, model.cfg.n_layers)
     B, T, K = 3, 7, 6
@@ -28,7 +28,7 @@ def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, kv_cache):
     acts_BKD = (1 - t_K[None, :, None]) * clean_BTD[:, None, -1] + t_K[None, :, None] * target_BD[:, None]
     # batch_size smaller than B*K: several forward chunks
     # logits_mb this small unembeds one walk at a time
-    m = walk_metrics(model, clean_BTD, acts_BKD, site, batch_size=2 * K, kv_cache=kv_cache, logits_mb=0.01)
+    m = walk_metrics(model, clean_BTD, acts_BKD, site, batch_size=2 * K, path=path, logits_mb=0.01)
     for b in range(B):
         logits_KV, final_KD = naive_readouts(model, tokens_BT[b], acts_BKD[b], site)
         kl_K = kl_from_logits(logits_KV[:1].expand_as(logits_KV), logits_KV)

@@ -77,7 +77,7 @@ class Completeness:
     def problems(self) -> list[str]:
         """One human-readable line per problem, files named."""
         out = [f"missing shard (no Parquet file): {p}" for p in self.missing_shards]
-        out += [f"corrupt shard: {p}: {why}" for p, why in self.corrupt_files.items()]
+        out += [f"corrupt or truncated shard (unreadable): {p}: {why}" for p, why in self.corrupt_files.items()]
         out += [f"truncated shard: {p}: {why}" for p, why in self.truncated_files.items()]
         out += [f"shard without a complete manifest: {p}" for p in self.unfinished_files]
         out += [f"unreadable plan: {p}: {why}" for p, why in self.bad_plans.items()]
@@ -137,8 +137,8 @@ def _stem_of(path: Path) -> str:
 def _validate_file(path: Path, manifest: dict[str, Any] | None) -> tuple[int | None, str | None, str | None]:
     """(n_rows, corrupt_reason, truncated_reason) from the footer alone."""
     try:
-        meta = pq.ParquetFile(path).metadata
-        names = set(meta.schema.names)
+        pf = pq.ParquetFile(path)
+        meta, names = pf.metadata, set(pf.schema_arrow.names)
     except (OSError, pa.ArrowException) as e:
         return None, f"{type(e).__name__}: {e}", None
     lacking = [c for c in REQUIRED_COLUMNS if c not in names]

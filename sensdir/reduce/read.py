@@ -208,11 +208,11 @@ def read_sweep(comp: Completeness, n_examples: int = 3, progress: bool = True, b
             direction = batch.column("direction").to_numpy(zero_copy_only=False)
             schedule = batch.column("schedule").to_numpy(zero_copy_only=False) if "schedule" in cols else np.full(n, "?", object)
             kind = batch.column("grid_kind").to_numpy(zero_copy_only=False) if "grid_kind" in cols else np.full(n, "?", object)
-            keys = np.char.add(np.char.add(direction.astype(str), "\0"), np.char.add(schedule.astype(str), np.char.add("\0", kind.astype(str))))
+            keys = np.char.add(np.char.add(direction.astype(str), "\x1f"), np.char.add(schedule.astype(str), np.char.add("\x1f", kind.astype(str))))
             uniq, inv = np.unique(keys, return_inverse=True)
             gids = np.empty(len(uniq), np.int64)
             for u, key in enumerate(uniq):
-                d, s, k = str(key).split("\0")
+                d, s, k = str(key).split("\x1f")
                 g = Group(d, s, sae, hook, k)
                 if g not in index:
                     index[g] = len(groups)
@@ -253,4 +253,11 @@ def read_sweep(comp: Completeness, n_examples: int = 3, progress: bool = True, b
             parts["kl_natural"].append(nat)
     bar.close()
     scalars = {k: (np.concatenate(v) if v else np.zeros(0, np.float32 if k != "group" else np.int32)) for k, v in parts.items()}
-    return SweepData(groups, scalars, curves, examples, configs, prov, n_rows)
+    # A stable order, whatever order the files came in: by (schedule, SAE, hook), real first.
+    order = sorted(range(len(groups)), key=lambda i: (groups[i].stratum, groups[i].direction != "real", groups[i].direction, groups[i].grid_kind))
+    new_index = np.empty(max(len(groups), 1), np.int32)
+    new_index[order] = np.arange(len(order), dtype=np.int32)
+    scalars["group"] = new_index[scalars["group"]] if len(groups) else scalars["group"]
+    return SweepData(
+        [groups[i] for i in order], scalars, [curves[i] for i in order], [examples[i] for i in order], configs, prov, n_rows
+    )

@@ -1,0 +1,139 @@
+"""A lean forward pass for the last position, for the common HookedTransformer layouts.
+
+Every step of a walk perturbs only the last position, so each block needs that position's
+query against keys and values of a prefix that all steps of the walk share. Run through
+transformer_lens's blocks, each row of the batch would carry its own copy of the prefix
+keys and values, and every activation function would take several elementwise passes.
+Here the prefix keys and values stay one copy per walk (the K steps of a walk are the
+batch of one matrix product against them), the query/key/value projections are one matrix
+product, and layer norms and GELUs are single fused kernels.
+
+It reads the model's own weights (no copy beyond the fused QKV matrix), so it stays in step
+with the model; ``supported`` says when the layout is one it handles (GPT-2 style: learned
+absolute positions, LN / LNPre / RMS, plain MLP with GELU/ReLU/SiLU, full-head attention),
+and the engine uses transformer_lens's blocks otherwise. Tests check it against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+_ACTS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
+_NORMS = ("LN", "LNPre", "RMS", "RMSPre", None)
+
+
+def unsupported_reason(cfg) -> str | None:
+    """Why the lean path can't run this model, or None if it can."""
+    checks = {
+        "positional embeddings other than standard": cfg.positional_embedding_type != "standard",
+        f"normalization {cfg.normalization_type}": cfg.normalization_type not in _NORMS,
+        f"activation {cfg.act_fn}": cfg.act_fn not in _ACTS,
+        "gated MLP": bool(getattr(cfg, "gated_mlp", False)),
+        "grouped-query attention": getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads),
+        "attention-only model": cfg.attn_only,
+        "parallel attention and MLP": bool(getattr(cfg, "parallel_attn_mlp", False)),
+        "attention soft cap": bool(getattr(cfg, "attn_scores_soft_cap", -1) and cfg.attn_scores_soft_cap > 0),
+        "split QKV inputs": bool(cfg.use_attn_in or cfg.use_split_qkv_input),
+        "several devices": cfg.n_devices != 1,
+        "local attention": any(t != "global" for t in (getattr(cfg, "attn_types", None) or ["global"])),
+        "post-attention norms": bool(getattr(cfg, "use_normalization_before_and_after", False)),
+        "QK norm": bool(getattr(cfg, "use_qk_norm", False)),
+    }
+    reasons = [k for k, bad in checks.items() if bad]
+    return ", ".join(reasons) if reasons else None
+
+
+def _norm(kind: str | None, module, x: Tensor, eps: float) -> Tensor:
+    if kind is None:
+        return x
+    if kind in ("LN", "LNPre"):
+        w = module.w if kind == "LN" else None
+        b = module.b if kind == "LN" else None
+        return F.layer_norm(x, x.shape[-1:], w, b, eps)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return x * module.w if kind == "RMS" else x
+
+
+@dataclass
+class _Layer:
+    block: object
+    W_qkv: Tensor  # [d, 3 * heads * d_head]
+    b_qkv: Tensor
+    W_O: Tensor  # [heads * d_head, d]
+    scale: float
+
+
+class LastPosition:
+    """Blocks ``start_layer..`` of ``model`` for one perturbed last position per row."""
+
+    def __init__(self, model, start_layer: int):
+        reason = unsupported_reason(model.cfg)
+        if reason is not None:
+            raise ValueError(f"lean last-position path does not support: {reason}")
+        self.model = model
+        self.cfg = model.cfg
+        self.layers = []
+        for block in model.blocks[start_layer:]:
+            a = block.attn
+            H, dh = a.W_Q.shape[0], a.W_Q.shape[2]
+            W_qkv = torch.cat([w.permute(1, 0, 2).reshape(-1, H * dh) for w in (a.W_Q, a.W_K, a.W_V)], dim=1)
+            b_qkv = torch.cat([b.reshape(H * dh) for b in (a.b_Q, a.b_K, a.b_V)])
+            self.layers.append(_Layer(block, W_qkv.contiguous(), b_qkv, a.W_O.reshape(H * dh, -1), float(a.attn_scale)))
+
+    def _qkv(self, layer: _Layer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h = _norm(self.cfg.normalization_type, getattr(layer.block, "ln1", None), x, self.cfg.eps)
+        H = self.cfg.n_heads
+        q, k, v = torch.addmm(layer.b_qkv, h.reshape(-1, h.shape[-1]), layer.W_qkv).reshape(*h.shape[:-1], 3, H, -1).unbind(-3)
+        return q, k, v  # each [..., heads, d_head]
+
+    def _mlp(self, layer: _Layer, x: Tensor) -> Tensor:
+        blk, mlp = layer.block, layer.block.mlp
+        h = _norm(self.cfg.normalization_type, getattr(blk, "ln2", None), x, self.cfg.eps)
+        h = _ACTS[self.cfg.act_fn](torch.addmm(mlp.b_in, h.reshape(-1, h.shape[-1]), mlp.W_in))
+        return torch.addmm(mlp.b_out, h, mlp.W_out).reshape(x.shape)
+
+    @torch.inference_mode()
+    def prefix(self, clean_BTD: Float[Tensor, "B T d"]) -> list[tuple[Tensor, Tensor]]:
+        """Keys and values [B, heads, T-1, d_head] of the clean prefix, per layer."""
+        x = clean_BTD[:, :-1, :]
+        out = []
+        P = x.shape[1]
+        for layer in self.layers:
+            q, k, v = (t.transpose(1, 2) for t in self._qkv(layer, x))  # [B, H, P, dh]
+            out.append((k, v))
+            if P:
+                mask = torch.ones(P, P, dtype=torch.bool, device=x.device).tril()
+                z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / layer.scale)
+            else:
+                z = q
+            attn = torch.addmm(layer.block.attn.b_O, z.transpose(1, 2).reshape(-1, layer.W_O.shape[0]), layer.W_O)
+            x = x + attn.reshape(x.shape)
+            x = x + self._mlp(layer, x)
+        return out
+
+    @torch.inference_mode()
+    def run(self, acts_wKD: Float[Tensor, "w K d"], prefix_kv: list[tuple[Tensor, Tensor]]) -> Float[Tensor, "w K d"]:
+        """Final residual of each step; ``prefix_kv[i]`` holds layer i's prefix for these w walks."""
+        x = acts_wKD
+        for layer, (kp, vp) in zip(self.layers, prefix_kv):
+            q, k, v = self._qkv(layer, x)  # [w, K, H, dh]
+            qh = q.transpose(1, 2)  # [w, H, K, dh]
+            s_pre = torch.matmul(qh, kp.transpose(-1, -2))  # [w, H, K, P]: the prefix is shared by the K steps
+            s_self = (q * k).sum(-1).transpose(1, 2).unsqueeze(-1)  # [w, H, K, 1]
+            probs = torch.softmax(torch.cat([s_pre, s_self], dim=-1) / layer.scale, dim=-1)
+            z = torch.matmul(probs[..., :-1], vp) + probs[..., -1:] * v.transpose(1, 2)  # [w, H, K, dh]
+            z = z.transpose(1, 2).reshape(-1, layer.W_O.shape[0])
+            x = x + torch.addmm(layer.block.attn.b_O, z, layer.W_O).reshape(x.shape)
+            x = x + self._mlp(layer, x)
+        return x

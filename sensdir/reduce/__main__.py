@@ -1,0 +1,59 @@
+"""``python -m sensdir.reduce SWEEP_DIR [--out DIR] [--allow-partial] [--wandb MODE] ...``"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sensdir.reduce import IncompleteSweepError, reduce_sweep
+from sensdir.reduce.wb import MODES
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sensdir.reduce", description=__doc__)
+    p.add_argument("sweep_dir", help="a sweep directory, e.g. results/quickstart")
+    p.add_argument("--out", default=None, help="output directory (default: SWEEP_DIR/reduce)")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        default=_truthy(os.environ.get("SENSDIR_REDUCE_ALLOW_PARTIAL")),
+        help="reduce incomplete data; the report lists what is missing (env SENSDIR_REDUCE_ALLOW_PARTIAL=1 also)",
+    )
+    p.add_argument("--wandb", choices=MODES, default=os.environ.get("SENSDIR_REDUCE_WANDB", "auto"),
+                   help="auto: online if an API key is configured, else offline; disabled: no W&B run")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs of the means")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    try:
+        res = reduce_sweep(
+            a.sweep_dir, a.out, allow_partial=a.allow_partial, wandb=a.wandb,
+            n_bootstrap=a.bootstrap, seed=a.seed, progress=not a.no_progress,
+        )
+    except IncompleteSweepError as e:
+        print(f"sensdir.reduce: error: {e}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, ValueError) as e:
+        print(f"sensdir.reduce: error: {e}", file=sys.stderr)
+        return 2
+    if not res.completeness.ok:
+        print("sensdir.reduce: warning: partial data:\n  " + "\n  ".join(res.completeness.problems()), file=sys.stderr)
+    print(f"sensdir.reduce: {res.n_rows} rows -> {res.out_dir}")
+    print(f"  table:   {res.table_parquet}, {res.table_csv}")
+    print(f"  figures: {', '.join(str(p) for p in res.figures.values())}")
+    print(f"  report:  {res.html}")
+    if res.wandb.get("run_dir"):
+        print(f"  wandb:   {res.wandb['mode']} run {res.wandb['run_dir']}"
+              + ("  (upload with: wandb sync " + res.wandb["run_dir"] + ")" if res.wandb["mode"] == "offline" else ""))
+    if res.wandb.get("report_url"):
+        print(f"  wandb report: {res.wandb['report_url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

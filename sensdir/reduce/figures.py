@@ -1,0 +1,134 @@
+"""PNG figures of a reduced sweep (matplotlib, Agg backend).
+
+- ``curves.png``: L2 and KL per step for a few example perturbations per direction type, the
+  max-slope step marked, and the per-type mean as dashed lines ([GP24] Fig. 2).
+- ``ms_step.png``: histogram and CDF of the max-slope steps per type ([GP24] Fig. 3).
+- ``plateau.png``: histogram and CDF of plateau lengths per type.
+- ``error_pathology.png``: sae_error's KL ratio to each baseline per (SAE, hook) [G24, LH24].
+- ``feature_l0.png``: mean KL against length per SAE [LH24].
+The last two are drawn only where the sweep has those rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from sensdir.reduce.read import Group, SweepData  # noqa: E402
+from sensdir.reduce.stats import lookup  # noqa: E402
+
+
+def group_labels(groups: list[Group]) -> list[str]:
+    """The direction type, plus whichever of schedule / SAE / hook the sweep varies."""
+    varying = [f for f in ("schedule", "sae", "hook") if len({getattr(g, f) for g in groups}) > 1]
+    return [" | ".join([g.direction, *(getattr(g, f) for f in varying)]) for g in groups]
+
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(data: SweepData, path: Path) -> Path:
+    labels, colors = group_labels(data.groups), _colors(len(data.groups))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, name, ms in ((axes[0], "l2", "ms_step_l2"), (axes[1], "kl", "ms_step_kl")):
+        for gi, (label, color) in enumerate(zip(labels, colors)):
+            for j, ex in enumerate(data.examples[gi]):
+                y = getattr(ex, name)
+                ax.plot(np.arange(len(y)), y, color=color, lw=0.9, alpha=0.7, label=label if j == 0 else None)
+                k = getattr(ex, ms)
+                if 0 <= k < len(y) and np.isfinite(y[k]):
+                    ax.plot([k], [y[k]], "o", color=color, ms=5, mec="black", mew=0.6)
+            mean = data.curves[gi].mean(name)
+            if len(mean):
+                ax.plot(np.arange(len(mean)), mean, "--", color=color, lw=1.6)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name.upper())
+        ax.set_title(f"{name.upper()} per step (dots: max-slope step; dashed: mean)")
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _hist_cdf(data: SweepData, metrics: list[tuple[str, str]], path: Path) -> Path:
+    labels, colors = group_labels(data.groups), _colors(len(data.groups))
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.8 * len(metrics)), squeeze=False)
+    for row, (metric, title) in enumerate(metrics):
+        hi = max((float(data.values(metric, gi).max()) for gi in range(len(data.groups)) if len(data.values(metric, gi))), default=1.0)
+        edges = np.arange(-0.5, hi + 1.5, max(1.0, np.ceil((hi + 1) / 60)))
+        for gi, (label, color) in enumerate(zip(labels, colors)):
+            x = data.values(metric, gi)
+            if not len(x):
+                continue
+            counts, _ = np.histogram(x, bins=edges)
+            dens = counts / len(x)
+            axes[row, 0].stairs(dens, edges, color=color, label=f"{label} (n={len(x)})", lw=1.4)
+            axes[row, 1].stairs(np.cumsum(dens), edges, color=color, label=label, lw=1.4, baseline=None)
+        axes[row, 0].set_title(f"{title}: histogram")
+        axes[row, 0].set_xlabel(title)
+        axes[row, 0].set_ylabel("fraction")
+        axes[row, 1].set_title(f"{title}: CDF")
+        axes[row, 1].set_xlabel(title)
+        axes[row, 1].set_ylabel("cumulative fraction")
+        axes[row, 0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def error_pathology_figure(table: pa.Table, path: Path) -> Path | None:
+    rows = [r for r in lookup(table, section="error_pathology", statistic="ratio") if r["value"] is not None]
+    if not rows:
+        return None
+    sites = sorted({(r["sae"], r["hook"]) for r in rows})
+    metrics = sorted({r["metric"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sites) * len(metrics)), 4))
+    w = 0.8 / len(metrics)
+    for j, (m, color) in enumerate(zip(metrics, _colors(len(metrics)))):
+        vals = [next((r["value"] for r in rows if (r["sae"], r["hook"]) == s and r["metric"] == m), np.nan) for s in sites]
+        ax.bar(np.arange(len(sites)) + j * w - 0.4 + w / 2, vals, w, color=color, label=m.replace("kl_ratio_vs_", "vs "))
+    ax.axhline(1.0, color="black", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(sites)), [f"{s}\n{h}" for s, h in sites], fontsize=8)
+    ax.set_ylabel("KL(sae_error) / KL(baseline)")
+    ax.set_title("Error pathology: KL at the SAE error's length")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def feature_l0_figure(data: SweepData, table: pa.Table, path: Path) -> Path | None:
+    rows = lookup(table, section="feature_l0")
+    if not rows:
+        return None
+    keys = sorted({(r["sae"], r["direction"], r["hook"], r["schedule"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, color in zip(keys, _colors(len(keys))):
+        pts = sorted((r["x"], r["value"]) for r in rows if (r["sae"], r["direction"], r["hook"], r["schedule"]) == key)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, color=color, label=f"{key[0]} ({key[1]})")
+    ax.set_xlabel("length")
+    ax.set_ylabel("mean KL")
+    ax.set_title("KL vs length per SAE")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def make_figures(data: SweepData, table: pa.Table, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs: dict[str, Path | None] = {
+        "curves": curves_figure(data, out_dir / "curves.png"),
+        "ms_step": _hist_cdf(data, [("ms_step_l2", "L2 max-slope step"), ("ms_step_kl", "KL max-slope step")], out_dir / "ms_step.png"),
+        "plateau": _hist_cdf(data, [("plateau_len", "plateau length")], out_dir / "plateau.png"),
+        "error_pathology": error_pathology_figure(table, out_dir / "error_pathology.png"),
+        "feature_l0": feature_l0_figure(data, table, out_dir / "feature_l0.png"),
+    }
+    return {k: v for k, v in figs.items() if v is not None}

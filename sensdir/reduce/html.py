@@ -1,0 +1,117 @@
+"""One self-contained HTML report: tables, figures embedded as base64 PNG, completeness,
+the sweep's resolved configs and provenance. Opens from disk with no server."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sensdir.reduce.completeness import Completeness
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f0f0f0}td.s{text-align:left}
+pre{background:#f7f7f7;padding:0.6em;overflow-x:auto;font-size:12px}
+.warn{background:#fff3cd;border:1px solid #e0c060;padding:0.6em 1em}
+.ok{background:#e8f5e9;border:1px solid #80c080;padding:0.6em 1em}
+img{max-width:100%}
+"""
+
+_WIDE_STATS = ("mean", "sd", "median", "ci95_low", "ci95_high", "ks_vs_real", "ks_pvalue_vs_real")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for r in rows:
+        out.append("<tr>" + "".join(f'<td{" class=s" if isinstance(v, str) else ""}>{_fmt(v)}</td>' for v in r) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def summary_html(table: pa.Table) -> str:
+    """The summary section pivoted wide: one row per (group, metric), one column per statistic."""
+    wide: dict[tuple, dict[str, Any]] = {}
+    for r in table.to_pylist():
+        if r["section"] != "summary":
+            continue
+        key = (r["metric"], r["direction"], r["schedule"], r["sae"], r["hook"])
+        d = wide.setdefault(key, {"n": None})
+        d[r["statistic"]] = r["value"]
+        if r["statistic"] == "mean":
+            d["n"] = r["n"]
+    rows = [[*k, d["n"], *(d.get(s) for s in _WIDE_STATS)] for k, d in sorted(wide.items(), key=lambda kv: kv[0][0])]
+    return _table(["metric", "direction", "schedule", "sae", "hook", "n", *_WIDE_STATS], rows)
+
+
+def _section_rows(table: pa.Table, section: str) -> str:
+    rows = [r for r in table.to_pylist() if r["section"] == section]
+    cols = ["direction", "schedule", "sae", "hook", "metric", "statistic", "x", "value", "n"]
+    return _table(cols, [[r[c] for c in cols] for r in rows])
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def write_html(
+    path: Path,
+    *,
+    sweep_dir: Path,
+    table: pa.Table,
+    figures: dict[str, Path],
+    comp: Completeness,
+    configs: dict[str, Any],
+    provenance: dict[str, Any],
+    reduce_provenance: dict[str, Any],
+) -> Path:
+    """``configs`` and provenance must already be sanitized."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sensdir reduce: {html.escape(sweep_dir.name)}</title>"]
+    parts.append(f"<style>{_CSS}</style></head><body>")
+    parts.append(f"<h1>sensdir reduce: {html.escape(str(sweep_dir))}</h1>")
+    parts.append(f"<p>Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>")
+    parts.append("<h2>Completeness</h2>")
+    if comp.ok:
+        parts.append(f"<div class=ok>Complete: {html.escape(comp.summary())}.</div>")
+    else:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in comp.problems())
+        parts.append(
+            f"<div class=warn><b>Partial data</b> (reduced with --allow-partial): {html.escape(comp.summary())}."
+            f"<ul>{items}</ul>The statistics below cover the rows present only.</div>"
+        )
+    parts.append("<h2>Summary statistics</h2>")
+    parts.append(
+        "<p>Per direction type: mean, sd, median and bootstrap 95% CI of the mean; two-sample KS "
+        "statistic and p-value against <code>real</code> on the same schedule, SAE and hook.</p>"
+    )
+    parts.append(summary_html(table))
+    for section, title in (("error_pathology", "Error pathology"), ("feature_l0", "KL vs length per SAE")):
+        if any(s == section for s in table.column("section").to_pylist()):
+            parts.append(f"<h2>{title}</h2>" + _section_rows(table, section))
+    parts.append("<h2>Figures</h2>")
+    parts.extend(_img(p) for p in figures.values())
+    parts.append("<h2>Provenance</h2>")
+    parts.append("<h3>This reduce</h3><pre>" + html.escape(json.dumps(reduce_provenance, indent=2, default=str)) + "</pre>")
+    for jkey, prov in sorted(provenance.items()):
+        parts.append(f"<h3>Job {html.escape(jkey)}</h3><pre>" + html.escape(json.dumps(prov, indent=2, default=str)) + "</pre>")
+    parts.append("<h2>Resolved configs</h2>")
+    for jkey, cfg in sorted(configs.items()):
+        parts.append(f"<details><summary>{html.escape(jkey)}</summary><pre>" + html.escape(json.dumps(cfg, indent=2, default=str)) + "</pre></details>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,157 @@
+"""Synthetic sweep directories in the shard format of docs/shards.md, for tests and the
+benchmark: no model needed. Curves are sigmoids whose blowup step is drawn per direction
+type; max-slope steps and plateau lengths are computed from them as METHODS §4 says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sensdir.shards import BASE_FIELDS, SCHEMA_VERSION, plan_path, shard_paths
+
+# mean blowup step per direction type, roughly the ordering of [GP24]
+CENTERS = {"real": 52.0, "sae_recon": 53.0, "synth_struct": 56.0, "synth_baseline": 57.0, "random": 65.0, "isotropic": 70.0}
+
+
+@dataclass
+class JobSpec:
+    direction: str
+    n_rows: int
+    shards: int = 1
+    n_steps: int = 100
+    schedule: str = "relative"
+    grid_kind: str = "t"
+    sae: dict[str, Any] = field(default_factory=lambda: {"source": "embedded", "release": "embedded", "sae_id": "blocks.1.hook_resid_pre/l1-mid"})
+    hook: str = "blocks.1.hook_resid_pre"
+    center: float | None = None
+    natural_length: bool = False  # add a natural_length column
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+def _list_array(x_NK: np.ndarray, valid_NK: np.ndarray | None = None) -> pa.ListArray:
+    n, k = x_NK.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    mask = None if valid_NK is None or valid_NK.all() else ~valid_NK.reshape(-1)
+    values = pa.array(x_NK.reshape(-1).astype(np.float32), mask=mask)
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def max_slope(y_NK: np.ndarray, threshold: float = 0.02) -> np.ndarray:
+    d = np.diff(y_NK, axis=1, prepend=y_NK[:, :1])
+    d = np.where(np.isnan(d), -np.inf, d)
+    return np.where((d > threshold).any(1), d.argmax(1), y_NK.shape[1] - 1).astype(np.int32)
+
+
+def plateau(l2_NK: np.ndarray, thr: float, n_valid: np.ndarray) -> np.ndarray:
+    hit = np.nan_to_num(l2_NK, nan=-np.inf) >= thr
+    return np.where(hit.any(1), hit.argmax(1), n_valid).astype(np.int32)
+
+
+def job_key(spec: JobSpec) -> str:
+    ident = json.dumps([spec.direction, spec.schedule, spec.sae, spec.hook, spec.grid_kind, spec.seed], sort_keys=True)
+    return f"{spec.direction}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
+
+
+def config_for(spec: JobSpec, api_key_field: str | None = None) -> dict[str, Any]:
+    cfg = {
+        "model": {"source": "embedded", "name": "embedded"},
+        "sae": dict(spec.sae),
+        "site": {"hook": spec.hook, "positions": "last"},
+        "direction": {"_type": "Config", "name": spec.direction},
+        "schedule": {"_type": "Config", "name": spec.schedule, "n_steps": spec.n_steps},
+        "metric": {"ms_threshold": 0.02, "plateau_l2": 20.0},
+        "run": {"name": "synthetic", "seed": spec.seed, "shards": spec.shards},
+        **spec.extra_config,
+    }
+    return cfg
+
+
+def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.random.Generator, chash: str) -> pa.Table:
+    n, k = len(rows), spec.n_steps
+    center = spec.center if spec.center is not None else CENTERS.get(spec.direction, 60.0)
+    c_N = rng.normal(center, 8.0, n).clip(1, k - 2)
+    if spec.grid_kind == "t":
+        grid = np.broadcast_to(np.linspace(0, 1, k, dtype=np.float32), (n, k))
+    else:
+        grid = np.broadcast_to(np.arange(k, dtype=np.float32) * 0.5, (n, k))
+    steps = np.arange(k, dtype=np.float32)
+    z = (steps[None, :] - c_N[:, None].astype(np.float32)) / 3.0
+    sig = 1.0 / (1.0 + np.exp(-z))
+    kl = (5.0 * sig + 0.01 * steps[None, :]).astype(np.float32)
+    l2 = (40.0 * sig + 0.05 * steps[None, :]).astype(np.float32)
+    valid = np.ones((n, k), bool)
+    if spec.schedule == "absolute":  # drop the tail of some walks, as the absolute schedule does
+        stop = rng.integers(k // 2, k + 1, n)
+        valid = steps[None, :] < stop[:, None]
+    kl_v, l2_v = np.where(valid, kl, np.nan), np.where(valid, l2, np.nan)
+    n_valid = valid.sum(1).astype(np.int32)
+    p_idx = np.asarray(rows, dtype=np.int64)
+    ids = [f"{jkey}/s{shard}/p{p}/t0" for p in p_idx]
+    cols: dict[str, pa.Array] = {
+        "row_id": pa.array(ids, pa.string()),
+        "job_key": pa.array([jkey] * n, pa.string()),
+        "direction": pa.array([spec.direction] * n, pa.string()),
+        "schedule": pa.array([spec.schedule] * n, pa.string()),
+        "grid_kind": pa.array([spec.grid_kind] * n, pa.string()),
+        "shard": pa.array(np.full(n, shard, np.int32)),
+        "prompt_index": pa.array(p_idx),
+        "target_index": pa.array(np.zeros(n, np.int32)),
+        "seed": pa.array(np.full(n, spec.seed, np.int64)),
+        "prompt_tokens": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * 4, 4, dtype=np.int32)), pa.array(np.zeros(4 * n, np.int32))),
+        "grid": _list_array(np.ascontiguousarray(grid)),
+        "kl": _list_array(kl, valid),
+        "l2": _list_array(l2, valid),
+        "n_valid_steps": pa.array(n_valid),
+        "ms_step_kl": pa.array(max_slope(kl_v)),
+        "ms_step_l2": pa.array(max_slope(l2_v)),
+        "plateau_len": pa.array(plateau(l2_v, 20.0, n_valid)),
+        "base_norm": pa.array(np.ones(n, np.float32)),
+    }
+    fields = list(BASE_FIELDS)
+    if spec.natural_length:
+        cols["natural_length"] = pa.array(rng.uniform(5, 20, n).astype(np.float32))
+        fields.append(pa.field("natural_length", pa.float32(), nullable=True))
+    meta = {"schema_version": SCHEMA_VERSION, "config_hash": chash, "job_key": jkey, "seed": spec.seed, "config": config_for(spec)}
+    schema = pa.schema(fields, metadata={"sensdir": json.dumps(meta, sort_keys=True)})
+    return pa.Table.from_arrays([cols[f.name] for f in fields], schema=schema)
+
+
+def write_job(sweep_dir: Path, spec: JobSpec, provenance: dict[str, Any] | None = None) -> Path:
+    jkey = job_key(spec)
+    chash = jkey.split("-")[-1] + "000000"
+    jdir = Path(sweep_dir) / jkey
+    jdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(int(jkey.split("-")[-1], 16))
+    per = -(-spec.n_rows // spec.shards)
+    for s in range(spec.shards):
+        rows = range(s * per, min(spec.n_rows, (s + 1) * per))
+        ids = [f"{jkey}/s{s}/p{p}/t0" for p in rows]
+        plan = {"job_key": jkey, "config_hash": chash, "shard": s, "shards": spec.shards, "n_rows": len(ids), "row_ids": ids}
+        plan_path(jdir, s, spec.shards).write_text(json.dumps(plan))
+        table = shard_table(spec, jkey, s, rows, rng, chash)
+        parquet, manifest = shard_paths(jdir, s, spec.shards)
+        pq.write_table(table, parquet, compression="zstd")
+        man = {
+            "status": "complete", "n_rows": len(ids), "shard": s, "shards": spec.shards, "parquet": parquet.name,
+            "config_hash": chash, "job_key": jkey, "seed": spec.seed, "schema_version": SCHEMA_VERSION,
+            "config": config_for(spec),
+            "provenance": provenance or {"versions": {"sensdir": "synthetic"}, "git_commit": None, "git_dirty": None, "host": "synthetic"},
+        }
+        manifest.write_text(json.dumps(man))
+    return jdir
+
+
+def make_sweep(sweep_dir: Path, specs: list[JobSpec]) -> Path:
+    sweep_dir = Path(sweep_dir)
+    (sweep_dir / "hydra").mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        write_job(sweep_dir, spec)
+    return sweep_dir
