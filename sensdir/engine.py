@@ -68,7 +68,7 @@ def run_from_site(
     for block in model.blocks[site.start_layer :]:
         resid = block(resid)
     final_ND = resid[:, -1, :]
-    logits_NV = model.unembed(model.ln_final(final_ND[:, None, :]))[:, 0, :]
+    logits_NV = unembed(model, final_ND)
     return logits_NV, final_ND
 
 
@@ -151,26 +151,34 @@ def run_last_from_site(
 
 def _logit_rows(model, logits_mb: float) -> int:
     """Rows of vocabulary-sized logits (and their log-softmax copies) that fit the budget."""
-    per_row = model.cfg.d_vocab * 4 * 2  # logits and their float32 difference to step 0
+    per_row = model.cfg.d_vocab * 4 * 2  # logits (and a float32 copy of low-precision ones)
     return max(1, int(logits_mb * 2**20 // per_row))
 
 
-def walk_kl(logits_wKV: Float[Tensor, "w K V"]) -> Float[Tensor, "w K"]:
-    """KL(P_0 || Q_k) of each step's logits against its walk's step 0, in float32.
+def walk_kl_(logits_wKV: Float[Tensor, "w K V"]) -> Float[Tensor, "w K"]:
+    """KL(P_0 || Q_k) of each step's logits against its walk's step 0; overwrites its input.
 
-    With delta = z_k - z_0 and p = softmax(z_0): KL = logsumexp(delta + log p) - p . delta.
-    Both terms vanish as the perturbation does, so small KLs keep their precision, and the
-    only vocabulary-sized work is one subtraction, one logsumexp and one batched product.
-    Subtracting the step-0 value of the logsumexp (which is 0 up to rounding) makes step 0
-    exactly 0.
+    With p = softmax(z_0) and L_0 = logsumexp(z_0): KL = log sum_v exp(z_k,v - L_0)
+    - p . (z_k - z_0) + const, the constant fixed so that step 0 is exactly 0. Shifting by
+    the clean L_0 instead of each row's max saves a pass over the vocabulary; rows where that
+    overflows (a logit more than ~88 nats above the clean log-partition) come back as inf or
+    nan, and the caller recomputes them with ``kl_from_logits``. In place, the only
+    vocabulary-sized work is a subtraction, a product with p, an exp and a sum.
     """
     z0_w1V = logits_wKV[:, :1, :].float()
-    logp_w1V = torch.log_softmax(z0_w1V, dim=-1)
-    delta_wKV = logits_wKV.float() - z0_w1V
-    p_delta_wK = torch.bmm(delta_wKV, logp_w1V.exp().transpose(1, 2))[..., 0]
-    delta_wKV += logp_w1V
-    lse_wK = torch.logsumexp(delta_wKV, dim=-1)
-    return lse_wK - lse_wK[:, :1] - p_delta_wK
+    lse0_w11 = torch.logsumexp(z0_w1V, dim=-1, keepdim=True)
+    p_w1V = (z0_w1V - lse0_w11).exp()
+    x_wKV = logits_wKV if logits_wKV.dtype == torch.float32 else logits_wKV.float()
+    x_wKV.sub_(lse0_w11)
+    pz_wK = torch.bmm(x_wKV, p_w1V.transpose(1, 2))[..., 0]
+    log_s_wK = x_wKV.exp_().sum(-1).log()
+    return (log_s_wK - log_s_wK[:, :1]) - (pz_wK - pz_wK[:, :1])
+
+
+def unembed(model, resid_ND: Float[Tensor, "N d"]) -> Float[Tensor, "N V"]:
+    """Logits of final residuals. (transformer_lens's Unembed copies the transposed W_U on
+    every call, which costs as much as the product itself for a few hundred rows.)"""
+    return torch.addmm(model.unembed.b_U, model.ln_final(resid_ND), model.unembed.W_U)
 
 
 @torch.inference_mode()
@@ -181,7 +189,14 @@ def _kl_l2_of_walks(model, final_nKD: Float[Tensor, "n K d"], logit_rows: int) -
     kl_nK = torch.empty(n, K, dtype=torch.float32, device=final_nKD.device)
     walks = max(1, logit_rows // K)
     for w in range(0, n, walks):
-        kl_nK[w : w + walks] = walk_kl(model.unembed(model.ln_final(final_nKD[w : w + walks])))
+        f_wKD = final_nKD[w : w + walks]
+        kl_wK = walk_kl_(unembed(model, f_wKD.reshape(-1, D)).reshape(f_wKD.shape[0], K, -1))
+        bad_w = ~torch.isfinite(kl_wK).all(dim=-1)
+        if bad_w.any():  # the cheap shift overflowed: redo those walks the standard way
+            for i in bad_w.nonzero()[:, 0].tolist():
+                logits_KV = unembed(model, f_wKD[i])
+                kl_wK[i] = kl_from_logits(logits_KV[:1].expand_as(logits_KV), logits_KV)
+        kl_nK[w : w + walks] = kl_wK
     l2_nK = (final_nKD.float() - final_nKD[:, :1, :].float()).norm(dim=-1)
     return kl_nK, l2_nK
 
