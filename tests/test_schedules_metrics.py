@@ -24,9 +24,18 @@ def test_relative_interpolates_from_base_to_target():
     torch.testing.assert_close(w.grid_BK[0], torch.linspace(0, 1, 5))
 
 
-def test_relative_refuses_unit_directions():
+def test_relative_refuses_unit_directions_without_length():
     with pytest.raises(ValueError, match="absolute"):
         SCHEDULES.build(RelativeConfig()).walk(torch.zeros(1, 2), Proposal(unit_BD=torch.ones(1, 2)))
+
+
+def test_relative_walks_a_scaled_direction_to_its_natural_length():
+    A = torch.randn(2, 3)
+    u = torch.nn.functional.normalize(torch.randn(2, 3), dim=-1)
+    L = torch.tensor([2.0, 5.0])
+    w = SCHEDULES.build(RelativeConfig(n_steps=3)).walk(A, Proposal(unit_BD=u, natural_length_B=L))
+    torch.testing.assert_close(w.acts_BKD[:, -1], A + L[:, None] * u)
+    torch.testing.assert_close((w.acts_BKD[:, 1] - A).norm(dim=-1), L / 2)
 
 
 def test_absolute_takes_exact_steps_and_drops_those_past_the_target():

@@ -78,7 +78,9 @@ class Proposal:
 class Direction(ABC):
     """Base class of direction types. Subclasses register with ``@DIRECTIONS.register``."""
 
-    #: "target" if ``propose`` returns targets, "direction" if it returns unit directions.
+    #: "target" if ``propose`` returns targets, "direction" if it returns unit directions,
+    #: "scaled_direction" if unit directions with a natural length each (``natural_length_B``,
+    #: e.g. ||SAE(A) - A||), which a relative walk goes along up to that length.
     returns: ClassVar[str] = "target"
 
     def __init__(self, cfg: DirectionConfig, ctx: DirectionContext):

@@ -25,6 +25,7 @@ class AbsoluteConfig(ScheduleConfig):
 
 @SCHEDULES.register("absolute", AbsoluteConfig)
 class Absolute(Schedule):
+    accepts = ("target", "direction", "scaled_direction")
     grid_kind = "distance"
 
     def __init__(self, cfg: AbsoluteConfig):

@@ -26,8 +26,8 @@ class Walk:
 
 
 class Schedule(ABC):
-    #: which proposals the schedule can walk: "target", "direction" or both
-    accepts: ClassVar[tuple[str, ...]] = ("target", "direction")
+    #: which proposals the schedule can walk (``Direction.returns`` values)
+    accepts: ClassVar[tuple[str, ...]] = ("target", "direction", "scaled_direction")
     #: what the grid means, for plots and the shard column ``grid_kind``
     grid_kind: ClassVar[str] = "t"
 
