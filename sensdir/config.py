@@ -41,7 +41,7 @@ class SaeConfig:
 @dataclass(frozen=True)
 class SiteConfig:
     hook: str = "blocks.1.hook_resid_pre"
-    positions: str = "last"  # "last" [GP24]; "all" [LH24] comes with the all-positions engine
+    positions: str = "last"  # "last" [GP24] or "all" [LH24]: every position, each its own walk
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,16 @@ def unembed(model, resid_ND: Float[Tensor, "N d"]) -> Float[Tensor, "N V"]:
     return torch.addmm(model.unembed.b_U, model.ln_final(resid_ND), model.unembed.W_U)
 
 
+def _stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor) -> Float[Tensor, "w K"]:
+    """``walk_kl_``, with walks whose cheap shift overflowed redone the standard way."""
+    kl_wK = walk_kl_(logits_wKV)
+    bad_w = ~torch.isfinite(kl_wK).all(dim=-1)
+    for i in bad_w.nonzero()[:, 0].tolist():
+        logits_KV = unembed(model, final_wKD[i])
+        kl_wK[i] = kl_from_logits(logits_KV[:1].expand_as(logits_KV), logits_KV)
+    return kl_wK
+
+
 @torch.inference_mode()
 def _kl_l2_of_walks(model, final_nKD: Float[Tensor, "n K d"], logit_rows: int) -> tuple[Tensor, Tensor]:
     """KL and L2 of each step against its walk's step 0, unembedding a few walks at a time
@@ -190,13 +200,7 @@ def _kl_l2_of_walks(model, final_nKD: Float[Tensor, "n K d"], logit_rows: int) -
     walks = max(1, logit_rows // K)
     for w in range(0, n, walks):
         f_wKD = final_nKD[w : w + walks]
-        kl_wK = walk_kl_(unembed(model, f_wKD.reshape(-1, D)).reshape(f_wKD.shape[0], K, -1))
-        bad_w = ~torch.isfinite(kl_wK).all(dim=-1)
-        if bad_w.any():  # the cheap shift overflowed: redo those walks the standard way
-            for i in bad_w.nonzero()[:, 0].tolist():
-                logits_KV = unembed(model, f_wKD[i])
-                kl_wK[i] = kl_from_logits(logits_KV[:1].expand_as(logits_KV), logits_KV)
-        kl_nK[w : w + walks] = kl_wK
+        kl_nK[w : w + walks] = _stable_walk_kl(model, unembed(model, f_wKD.reshape(-1, D)).reshape(f_wKD.shape[0], K, -1), f_wKD)
     l2_nK = (final_nKD.float() - final_nKD[:, :1, :].float()).norm(dim=-1)
     return kl_nK, l2_nK
 
@@ -259,6 +263,48 @@ class WalkEngine:
             if progress is not None:
                 progress.update(n)
         return StepMetrics(kl_BK, l2_BK)
+
+
+@torch.inference_mode()
+def walk_metrics_all_positions(
+    model,
+    acts_BTKD: Float[Tensor, "B T K d"],
+    site: Site,
+    batch_size: int = 4096,
+    logits_mb: float = 512,
+    progress=None,
+) -> StepMetrics:
+    """Site mode ``all`` [LH24]: every position perturbed, each along its own walk.
+
+    The whole sequence is rerun from the site for every step. KL and L2 at each position are
+    taken against step 0 and averaged over the positions but the last (METHODS §4, as
+    [G24]; (choice) L2 is averaged over the same positions as KL).
+    """
+    B, T, K, D = acts_BTKD.shape
+    if T < 2:
+        raise ValueError("site.positions=all needs prompts of at least 2 tokens (the last position is excluded)")
+    kl_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BTKD.device)
+    l2_BK = torch.empty(B, K, dtype=torch.float32, device=acts_BTKD.device)
+    walks = max(1, _logit_rows(model, logits_mb) // (K * (T - 1)))
+    for rows in _row_chunks(B, K * T, batch_size):
+        n = rows.stop - rows.start
+        resid_nKTD = acts_BTKD[rows].permute(0, 2, 1, 3).reshape(n * K, T, D).contiguous()
+        for block in model.blocks[site.start_layer :]:
+            resid_nKTD = block(resid_nKTD)
+        final_nKPD = resid_nKTD[:, :-1, :].reshape(n, K, T - 1, D)
+        l2_BK[rows] = (final_nKPD.float() - final_nKPD[:, :1].float()).norm(dim=-1).mean(-1)
+        kl = torch.empty(n, K, T - 1, dtype=torch.float32, device=acts_BTKD.device)
+        for w in range(0, n, walks):
+            f = final_nKPD[w : w + walks]  # [w, K, P, d]: one walk per (prompt, position)
+            logits = unembed(model, f.reshape(-1, D)).reshape(*f.shape[:3], -1)
+            logits_wPKV = logits.permute(0, 2, 1, 3).reshape(-1, K, logits.shape[-1])
+            kl[w : w + walks] = _stable_walk_kl(model, logits_wPKV, f.permute(0, 2, 1, 3).reshape(-1, K, D)).reshape(
+                f.shape[0], T - 1, K
+            ).transpose(1, 2)
+        kl_BK[rows] = kl.mean(-1)
+        if progress is not None:
+            progress.update(n)
+    return StepMetrics(kl_BK, l2_BK)
 
 
 def walk_metrics(

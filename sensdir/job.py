@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sensdir.config import SensdirConfig
 from sensdir.data import load_prompts, shard_slice
 from sensdir.directions import DIRECTIONS, DirectionContext
-from sensdir.engine import WalkEngine, clean_site_resid
+from sensdir.engine import WalkEngine, clean_site_resid, walk_metrics_all_positions
 from sensdir.errors import ConfigError
 from sensdir.loading import check_site, load_model, load_sae, resolve_device
 from sensdir.metrics import max_slope_step, plateau_length
@@ -43,7 +43,7 @@ from sensdir.stats import compute_stats, site_activations
 log = logging.getLogger("sensdir")
 
 METRICS = ("kl", "l2")
-POSITIONS = ("last",)
+POSITIONS = ("last", "all")
 # Settings that change how a job runs, not what it computes: excluded from its identity.
 _NOT_IDENTITY = ("out_dir", "progress", "overwrite", "shard", "device")
 
@@ -159,31 +159,48 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     cols: dict[str, list] = {k: [] for k in ("kl", "l2", "grid", "valid", "ms_step_kl", "ms_step_l2", "plateau_len", "base_norm")}
     info_cols: dict[str, list] = {}
     # Bases are walked in blocks of a few forward batches, bounding the [B, K, d] walk tensors.
-    block = 4 * max(1, cfg.engine.batch_size // schedule.n_steps)
+    T = cfg.data.n_ctx if cfg.site.positions == "all" else 1
+    block = 4 * max(1, cfg.engine.batch_size // (schedule.n_steps * T))
     bar = tqdm(total=len(base_BT), desc=f"{cfg.direction.name} walks", unit="walk", disable=not run.progress)
     for start in range(0, len(base_BT), block):
         toks_bT = base_BT[start : start + block].to(device)
         clean_bTD = clean_site_resid(model, toks_bT, site)
-        base_bD = clean_bTD[:, -1, :].float()
+        b, T_, D = clean_bTD.shape
+        positions = cfg.site.positions == "all"
+        # In "all" mode every position is a base with its own proposal and walk.
+        base_nD = (clean_bTD.reshape(b * T_, D) if positions else clean_bTD[:, -1, :]).float()
+        index_n = base_index_B[start : start + block]
         with torch.inference_mode():
-            prop = direction.propose(base_bD, base_index_B[start : start + block], gen)
-            walk = schedule.walk(base_bD, prop)
-        m = engine.walk_metrics(clean_bTD, walk.acts_BKD, progress=bar)
-        valid = walk.valid_BK
+            prop = direction.propose(base_nD, index_n.repeat_interleave(T_) if positions else index_n, gen)
+            walk = schedule.walk(base_nD, prop)
+        if positions:
+            K = walk.acts_BKD.shape[1]
+            acts = walk.acts_BKD.reshape(b, T_, K, D).to(clean_bTD.dtype)
+            m = walk_metrics_all_positions(model, acts, site, cfg.engine.batch_size, cfg.engine.logits_mb, bar)
+            # (choice) a step is kept only where every position's walk has it
+            valid = walk.valid_BK.reshape(b, T_, K).all(dim=1)
+            grid = walk.grid_BK.reshape(b, T_, K)[:, 0]
+        else:
+            m = engine.walk_metrics(clean_bTD, walk.acts_BKD, progress=bar)
+            valid, grid = walk.valid_BK, walk.grid_BK
         kl = torch.where(valid, m.kl_BK, torch.nan)
         l2 = torch.where(valid, m.l2_BK, torch.nan)
         cols["kl"].append(kl.cpu())
         cols["l2"].append(l2.cpu())
-        cols["grid"].append(walk.grid_BK.float().cpu())
+        cols["grid"].append(grid.float().cpu())
         cols["valid"].append(valid.cpu())
         cols["ms_step_kl"].append(max_slope_step(kl, valid, cfg.metric.ms_threshold).cpu())
         cols["ms_step_l2"].append(max_slope_step(l2, valid, cfg.metric.ms_threshold).cpu())
         cols["plateau_len"].append(plateau_length(l2, valid, cfg.metric.plateau_l2).cpu())
-        cols["base_norm"].append(base_bD.norm(dim=-1).cpu())
+        cols["base_norm"].append(base_nD.norm(dim=-1).reshape(b, -1).mean(-1).cpu())
+        info = dict(prop.info)
         if prop.natural_length_B is not None:
-            info_cols.setdefault("natural_length", []).extend(prop.natural_length_B.tolist())
-        for key, val in prop.info.items():
-            info_cols.setdefault(key, []).extend(val.tolist() if torch.is_tensor(val) else list(val))
+            info["natural_length"] = prop.natural_length_B
+        for key, val in info.items():
+            vals = val.tolist() if torch.is_tensor(val) else list(val)
+            if positions:  # one list per row, an entry per position
+                vals = [vals[i * T_ : (i + 1) * T_] for i in range(b)]
+            info_cols.setdefault(key, []).extend(vals)
     bar.close()
     t_walk = time.perf_counter()
 

@@ -88,3 +88,34 @@ def test_kl_falls_back_when_the_cheap_shift_overflows(model):
     assert torch.isfinite(kl).all()
     logits = unembed(model, final[1])
     torch.testing.assert_close(kl[1], kl_from_logits(logits[:1].expand_as(logits), logits), rtol=1e-5, atol=1e-4)
+
+
+def test_all_positions_equal_naive_per_position_average(model):
+    """Site mode all: every position gets its own walk; KL and L2 are averaged over the
+    positions but the last. Reference: a hook overwrites every position, whole model."""
+    from sensdir.engine import final_hook, walk_metrics_all_positions
+
+    torch.manual_seed(3)
+    site = Site.parse("blocks.1.hook_resid_pre", model.cfg.n_layers)
+    B, T, K = 2, 5, 4
+    tokens_BT = torch.randint(0, model.cfg.d_vocab, (B, T))
+    clean_BTD = clean_site_resid(model, tokens_BT, site)
+    t_K = torch.linspace(0, 1, K)[None, None, :, None]
+    target_BTD = torch.randn_like(clean_BTD) * 5
+    acts_BTKD = (1 - t_K) * clean_BTD[:, :, None] + t_K * target_BTD[:, :, None]
+    m = walk_metrics_all_positions(model, acts_BTKD, site, batch_size=K * T, logits_mb=0.01)
+    for b in range(B):
+        store = {}
+
+        def overwrite(resid, hook):
+            return acts_BTKD[b].permute(1, 0, 2).contiguous()
+
+        def grab(resid, hook):
+            store["final"] = resid
+
+        logits = model.run_with_hooks(tokens_BT[b].expand(K, -1), fwd_hooks=[(site.hook, overwrite), (final_hook(2), grab)])
+        kl = torch.stack([kl_from_logits(logits[:1, p].expand(K, -1), logits[:, p]) for p in range(T - 1)], -1).mean(-1)
+        l2 = (store["final"][:, :-1] - store["final"][:1, :-1]).norm(dim=-1).mean(-1)
+        torch.testing.assert_close(m.kl_BK[b], kl, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(m.l2_BK[b], l2, atol=1e-4, rtol=1e-4)
+    assert (m.kl_BK[:, 0] == 0).all() and (m.kl_BK[:, -1] > 0).all()

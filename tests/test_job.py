@@ -134,3 +134,13 @@ def test_cli_multirun_writes_one_job_per_direction(tiny_model_dir, tiny_sae_dir,
     shards = sorted(out.glob("sweep/*/shard-*.parquet"))
     assert sorted(p.parent.name.split("-")[0] for p in shards) == ["random", "real", "synth_struct"]
     assert all(pq.read_metadata(p).num_rows == 6 for p in shards)
+
+
+def test_all_positions_mode_writes_one_row_per_prompt_with_per_position_facts(tiny_cfg):
+    cfg = with_(tiny_cfg, site={"positions": "all"})
+    rows = _rows(run_job(cfg))
+    assert len(rows) == cfg.data.n_prompts
+    for r in rows:
+        assert r["kl"][0] == 0.0 and r["kl"][-1] > 0
+        assert len(r["source_index"]) == cfg.data.n_ctx  # one target per position
+        assert len(set(r["source_index"])) > 1
