@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import MISSING
+# OmegaConf's marker for a mandatory value; spelled out so that importing the config
+# classes does not import omegaconf (the engine and benchmark run without it).
+MISSING: Any = "???"
 
 
 @dataclass(frozen=True)

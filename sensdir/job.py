@@ -137,7 +137,10 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     stats = compute_stats(site_activations(model, prompts.stats_NT, site), sae, cfg.stats, skip_first)
     pool_PD = site_activations(model, prompts.pool_PT, site)[:, -1, :]
     ctx = DirectionContext(sae=sae, stats=stats, pool_PD=pool_PD, device=device)
-    direction = DIRECTIONS.build(cfg.direction, ctx)
+    try:
+        direction = DIRECTIONS.build(cfg.direction, ctx)
+    except ValueError as e:  # e.g. sae_feature:dead on an SAE without dead latents
+        raise ConfigError(f"direction {cfg.direction.name!r}: {e}") from None
     eng = cfg.engine
     engine = WalkEngine(model, site, eng.path, eng.batch_size, eng.logits_mb)
     t_stats = time.perf_counter()

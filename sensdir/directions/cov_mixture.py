@@ -1,0 +1,75 @@
+"""``cov_mixture``: the improved random baseline of Lee & Heimersheim, METHODS §3 [LH24].
+
+``u = (s1 - s2) / ||s1 - s2||`` with ``s1, s2 ~ N(mu, Sigma + eps I)`` drawn independently
+(``SiteStats.sample_gaussian``, CPU generator). The base activation ``A`` is never used: the
+directions of a batch depend only on the generator, so two batches of bases proposed from
+the same generator state get the same directions. Returns unit directions (``"direction"``):
+walk them with ``schedule=lengths`` or ``schedule=absolute``.
+
+Draw order: the ``B`` draws of ``s1`` come first, then the ``B`` draws of ``s2`` (one call
+``sample_gaussian(2B)``). ``s1 - s2 ~ N(0, 2 Sigma)``, so ``u`` has the distribution of the
+direction of a ``N(0, Sigma)`` vector (not isotropic). The difference is taken in float64.
+
+info: ``diff_norm = ||s1 - s2||``.
+
+Option (not in METHODS): ``natural_length="sae_error"`` also writes ``natural_length_B =
+||SAE(A) - A||`` in the proposal, for the error-pathology comparison [G24, LH24] (the reduce
+reads the KL at that length off absolute/lengths walks). The direction itself never depends on
+``A``; the type still ``returns = "direction"``, so ``schedule=relative`` is refused either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sensdir.config import DirectionConfig
+from sensdir.directions._common import like_base, check_choice, normalise_rows, sae_error
+from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
+
+NATURAL_LENGTHS = ("none", "sae_error")
+
+
+def add_error_length(proposal: Proposal, direction: Direction, base_BD: Tensor) -> Proposal:
+    """Attach ``natural_length_B = ||SAE(A) - A||`` (and info ``error_norm``) to ``proposal``."""
+    e_BD, _ = sae_error(direction.ctx.sae, base_BD)
+    norm_B = e_BD.norm(dim=-1)
+    proposal.natural_length_B = like_base(norm_B, base_BD, direction.ctx.device)
+    proposal.info["error_norm"] = norm_B.float().cpu()
+    return proposal
+
+
+@dataclass(frozen=True)
+class CovMixtureConfig(DirectionConfig):
+    name: str = "cov_mixture"
+    natural_length: str = "none"  # "none" | "sae_error" (see the module docstring)
+
+    def __post_init__(self) -> None:
+        check_choice("cov_mixture", "natural_length", self.natural_length, NATURAL_LENGTHS)
+
+
+@DIRECTIONS.register("cov_mixture", CovMixtureConfig)
+class CovMixture(Direction):
+    returns = "direction"
+    cfg: CovMixtureConfig
+
+    def __init__(self, cfg: CovMixtureConfig, ctx: DirectionContext):
+        super().__init__(cfg, ctx)
+        check_choice("cov_mixture", "natural_length", cfg.natural_length, NATURAL_LENGTHS)
+
+    def propose(
+        self,
+        base_BD: Float[Tensor, "B d"],
+        base_index_B: Int[Tensor, " B"],
+        gen: torch.Generator,
+    ) -> Proposal:
+        B = base_BD.shape[0]
+        s_2BD = self.ctx.stats.sample_gaussian(2 * B, gen).double()
+        u_BD, norm_B = normalise_rows(s_2BD[:B] - s_2BD[B:])
+        p = Proposal(unit_BD=like_base(u_BD, base_BD, self.ctx.device), info={"diff_norm": norm_B.float().cpu()})
+        if self.cfg.natural_length == "sae_error":
+            add_error_length(p, self, base_BD)
+        return p
