@@ -68,6 +68,9 @@ class Proposal:
     target_BD: Float[Tensor, "B d"] | None = None
     unit_BD: Float[Tensor, "B d"] | None = None
     natural_length_B: Float[Tensor, " B"] | None = None  # e.g. ||SAE(A) - A|| for sae_error
+    # Where the walk starts, patched into the base's context, if not at A itself (the
+    # plateau experiment starts from other real, synthetic or random activations).
+    start_BD: Float[Tensor, "B d"] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -33,7 +33,7 @@ class Absolute(Schedule):
         if not cfg.step_size > 0:
             raise ValueError(f"schedule.step_size must be positive, got {cfg.step_size}")
 
-    def walk(self, base_BD: torch.Tensor, proposal: Proposal) -> Walk:
+    def walk_from(self, base_BD: torch.Tensor, proposal: Proposal) -> Walk:
         B = base_BD.shape[0]
         dist_K = self.cfg.step_size * torch.arange(self.n_steps, dtype=base_BD.dtype, device=base_BD.device)
         dist_BK = dist_K.expand(B, -1)

@@ -40,5 +40,9 @@ class Schedule(ABC):
     def n_steps(self) -> int:
         return self.cfg.n_steps
 
+    def walk(self, base_BD: Float[Tensor, "B d"], proposal: Proposal) -> Walk:
+        """The walk from ``proposal.start_BD`` if the direction type set one, else from A."""
+        return self.walk_from(base_BD if proposal.start_BD is None else proposal.start_BD, proposal)
+
     @abstractmethod
-    def walk(self, base_BD: Float[Tensor, "B d"], proposal: Proposal) -> Walk: ...
+    def walk_from(self, origin_BD: Float[Tensor, "B d"], proposal: Proposal) -> Walk: ...

@@ -97,7 +97,7 @@ class Lengths(Schedule):
         """``[0, *lengths]``: the distance from ``A`` of every step."""
         return torch.tensor((0.0, *self.lengths), dtype=torch.float64).to(device=device, dtype=dtype)
 
-    def walk(self, base_BD: torch.Tensor, proposal: Proposal) -> Walk:
+    def walk_from(self, base_BD: torch.Tensor, proposal: Proposal) -> Walk:
         B = base_BD.shape[0]
         if proposal.target_BD is not None:
             delta_BD = proposal.target_BD - base_BD

@@ -26,7 +26,7 @@ class Relative(Schedule):
     accepts = ("target", "scaled_direction")
     grid_kind = "t"
 
-    def walk(self, base_BD: torch.Tensor, proposal: Proposal) -> Walk:
+    def walk_from(self, base_BD: torch.Tensor, proposal: Proposal) -> Walk:
         target_BD = proposal.target_BD
         if target_BD is None:
             if proposal.natural_length_B is None:
