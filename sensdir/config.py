@@ -42,7 +42,8 @@ class SaeConfig:
 
 @dataclass(frozen=True)
 class SiteConfig:
-    hook: str = "blocks.1.hook_resid_pre"
+    # None: the hook the SAE was trained on (so sweeping SAEs across layers moves the site)
+    hook: Optional[str] = None
     positions: str = "last"  # "last" [GP24] or "all" [LH24]: every position, each its own walk
 
 
@@ -104,6 +105,11 @@ class EngineConfig:
 @dataclass(frozen=True)
 class DirectionConfig:
     name: str = MISSING
+
+    def label(self) -> str:
+        """How results are grouped: the ``direction`` column and the job directory's name.
+        Types whose options change what is measured (e.g. sae_feature's group) refine it."""
+        return self.name
 
 
 @dataclass(frozen=True)

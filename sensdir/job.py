@@ -72,7 +72,7 @@ def config_hash(cfg: SensdirConfig) -> str:
 
 
 def job_dir(cfg: SensdirConfig) -> Path:
-    return Path(cfg.run.out_dir) / cfg.run.name / f"{cfg.direction.name}-{config_hash(cfg)[:10]}"
+    return Path(cfg.run.out_dir) / cfg.run.name / f"{cfg.direction.label().replace(':', '-')}-{config_hash(cfg)[:10]}"
 
 
 def _validate(cfg: SensdirConfig):
@@ -88,12 +88,12 @@ def _validate(cfg: SensdirConfig):
         schedule = SCHEDULES.build(cfg.schedule)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    direction_cls = DIRECTIONS.get(cfg.direction.name).impl
-    if direction_cls.returns not in schedule.accepts:
+    returns = DIRECTIONS.get(cfg.direction.name).impl.returns_for(cfg.direction)
+    if returns not in schedule.accepts:
         raise ConfigError(
-            f"direction {cfg.direction.name!r} gives a {direction_cls.returns}, which schedule {cfg.schedule.name!r} "
+            f"direction {cfg.direction.name!r} gives a {returns}, which schedule {cfg.schedule.name!r} "
             f"cannot walk; schedules that can: "
-            + ", ".join(e.name for e in SCHEDULES.entries() if direction_cls.returns in e.impl.accepts)
+            + ", ".join(e.name for e in SCHEDULES.entries() if returns in e.impl.accepts)
         )
     if cfg.site.positions not in POSITIONS:
         raise ConfigError(f"site.positions={cfg.site.positions!r} is not supported; valid choices: {', '.join(POSITIONS)}")
@@ -164,7 +164,7 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     # Bases are walked in blocks of a few forward batches, bounding the [B, K, d] walk tensors.
     T = cfg.data.n_ctx if cfg.site.positions == "all" else 1
     block = 4 * max(1, cfg.engine.batch_size // (schedule.n_steps * T))
-    bar = tqdm(total=len(base_BT), desc=f"{cfg.direction.name} walks", unit="walk", disable=not run.progress)
+    bar = tqdm(total=len(base_BT), desc=f"{cfg.direction.label()} walks", unit="walk", disable=not run.progress)
     for start in range(0, len(base_BT), block):
         toks_bT = base_BT[start : start + block].to(device)
         clean_bTD = clean_site_resid(model, toks_bT, site)
@@ -213,7 +213,7 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     columns = {
         "row_id": row_ids,
         "job_key": [jkey] * n,
-        "direction": [cfg.direction.name] * n,
+        "direction": [cfg.direction.label()] * n,
         "schedule": [cfg.schedule.name] * n,
         "grid_kind": [schedule.grid_kind] * n,
         "shard": [run.shard] * n,
@@ -254,5 +254,5 @@ def run_job(cfg: SensdirConfig) -> JobResult:
         },
     }
     write_json_atomic(manifest_path, manifest)
-    log.info("wrote %d rows (%s, %s) -> %s", n, cfg.direction.name, cfg.schedule.name, parquet_path)
+    log.info("wrote %d rows (%s, %s) -> %s", n, cfg.direction.label(), cfg.schedule.name, parquet_path)
     return JobResult(jdir, parquet_path, manifest_path, n, skipped=False)

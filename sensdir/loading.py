@@ -36,11 +36,11 @@ def load_model(cfg: ModelConfig, device: torch.device):
     if cfg.source == "embedded":
         return load_model_dir(Path(cfg.path) if cfg.path else embedded_model_dir(), device, dtype)
     if cfg.source == "transformer_lens":
-        from sensdir.hub import hub_call
+        from sensdir.hub import hub_call, model_hint
         from transformer_lens import HookedTransformer
 
         return hub_call(
-            f"model {cfg.name!r}",
+            model_hint(cfg.name),
             lambda: HookedTransformer.from_pretrained(cfg.name, device=str(device), dtype=dtype),
         )
     raise ConfigError(f"model.source={cfg.source!r} is unknown; valid choices: {', '.join(MODEL_SOURCES)}")
@@ -109,10 +109,10 @@ def load_sae(cfg: SaeConfig, device: torch.device):
             raise MissingResourceError(f"sae.path={cfg.path!r} is not a directory saved by sae_lens (no cfg.json there)")
         return SAE.load_from_disk(cfg.path, device=str(device), dtype="float32")
     if cfg.source == "sae_lens":
-        from sensdir.hub import hub_call
+        from sensdir.hub import hub_call, sae_hint
 
         return hub_call(
-            f"SAE {cfg.release}/{cfg.sae_id}",
+            sae_hint(cfg.release, cfg.sae_id),
             lambda: SAE.from_pretrained(cfg.release, cfg.sae_id, device=str(device), dtype="float32"),
         )
     raise ConfigError(f"sae.source={cfg.source!r} is unknown; valid choices: {', '.join(SAE_SOURCES)}")
@@ -122,8 +122,13 @@ def sae_hook_name(sae) -> str | None:
     return sae.cfg.metadata.hook_name
 
 
-def check_site(model, sae, hook: str) -> Site:
-    """The site must be a residual hook of this model, and the SAE must read exactly it."""
+def check_site(model, sae, hook: str | None) -> Site:
+    """The site must be a residual hook of this model, and the SAE must read exactly it.
+    With no hook given, the site is the SAE's own hook."""
+    if hook is None:
+        hook = sae_hook_name(sae)
+        if hook is None:
+            raise ConfigError("the SAE does not say which hook it reads; set site.hook")
     try:
         site = Site.parse(hook, model.cfg.n_layers)
     except SiteError as e:

@@ -69,7 +69,7 @@ def test_unknown_group_option_lists_the_choices():
 def test_gpt2_configs_compose():
     cfg = to_config(_compose("model=gpt2-small", "sae=gpt2-small-res-jb", "data=openwebtext", "metric=gpt2"))
     assert cfg.model.name == "gpt2" and cfg.sae.release == "gpt2-small-res-jb"
-    assert cfg.sae.sae_id == cfg.site.hook == "blocks.1.hook_resid_pre"
+    assert cfg.sae.sae_id == "blocks.1.hook_resid_pre" and cfg.site.hook is None  # the SAE's hook
 
 
 def test_typo_in_a_yaml_file_fails_at_startup(tmp_path):
@@ -82,3 +82,30 @@ def test_typo_in_a_yaml_file_fails_at_startup(tmp_path):
     assert res.returncode != 0
     assert "dtyp" in res.stderr and "ModelConfig" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+PRESETS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_experiment_preset_composes_for_each_swept_value(name):
+    """Each preset composes, and so does every value its sweep lists (a typo in a swept
+    direction or SAE id would otherwise surface only when that job starts)."""
+    base = _compose(f"experiment={name}", "hydra/sweeper=basic")
+    cfg = to_config(base)
+    assert cfg.experiment == name and cfg.run.name == name
+    import yaml
+
+    text = (Path(CONF) / "experiment" / f"{name}.yaml").read_text()
+    params = (yaml.safe_load(text).get("hydra") or {}).get("sweeper", {}).get("params", {})
+    for key, values in params.items():
+        for value in str(values).split(","):
+            to_config(_compose(f"experiment={name}", f"{key}={value}"))
+
+
+def test_gpt2_presets_use_the_papers_settings():
+    cfg = to_config(_compose("experiment=gp24_blowup"))
+    assert (cfg.model.name, cfg.sae.release, cfg.sae.sae_id) == ("gpt2", "gpt2-small-res-jb", "blocks.1.hook_resid_pre")
+    assert (cfg.data.n_ctx, cfg.data.n_prompts, cfg.schedule.n_steps, cfg.metric.plateau_l2) == (10, 1000, 100, 20.0)
+    cfg = to_config(_compose("experiment=gp24_plateau"))
+    assert (cfg.schedule.name, cfg.schedule.step_size, cfg.direction.name) == ("absolute", 0.5, "plateau")

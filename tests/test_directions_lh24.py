@@ -165,12 +165,20 @@ def test_cov_mixture_covariance_is_twice_sigma(ctx):
 
 def test_cov_mixture_optional_error_length(ctx, base_BD):
     """cov_mixture with natural_length="sae_error": same directions as without, plus the SAE
-    error's length ||SAE(A) - A|| as natural length; the type still returns "direction"."""
+    error's length ||SAE(A) - A|| as natural length, which makes it a scaled direction that a
+    relative walk takes to exactly that length."""
     p0 = propose("cov_mixture", ctx, base_BD, seed=2)
     p1 = propose("cov_mixture", ctx, base_BD, seed=2, natural_length="sae_error")
     assert torch.equal(p0.unit_BD, p1.unit_BD) and p0.natural_length_B is None
     torch.testing.assert_close(p1.natural_length_B, (recon(ctx, base_BD) - base_BD).norm(dim=-1))
-    assert DIRECTIONS.get("cov_mixture").impl.returns == "direction"
+    impl, cfg_cls = DIRECTIONS.get("cov_mixture").impl, DIRECTIONS.get("cov_mixture").config_cls
+    assert impl.returns_for(cfg_cls()) == "direction"
+    assert impl.returns_for(cfg_cls(natural_length="sae_error")) == "scaled_direction"
+    from sensdir.schedules import SCHEDULES
+    from sensdir.schedules.relative import RelativeConfig
+
+    walk = SCHEDULES.build(RelativeConfig(n_steps=3)).walk(base_BD, p1)
+    torch.testing.assert_close((walk.acts_BKD[:, -1] - base_BD).norm(dim=-1), p1.natural_length_B)
     with pytest.raises(ConfigError, match="none, sae_error"):
         DIRECTIONS.get("cov_mixture").config_cls(natural_length="bogus")
 

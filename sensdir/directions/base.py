@@ -90,6 +90,11 @@ class Direction(ABC):
         self.cfg = cfg
         self.ctx = ctx
 
+    @classmethod
+    def returns_for(cls, cfg: DirectionConfig) -> str:
+        """What ``propose`` returns under ``cfg`` (checked against the schedule at startup)."""
+        return cls.returns
+
     @abstractmethod
     def propose(
         self,

@@ -15,7 +15,8 @@ info: ``diff_norm = ||s1 - s2||``.
 Option (not in METHODS): ``natural_length="sae_error"`` also writes ``natural_length_B =
 ||SAE(A) - A||`` in the proposal, for the error-pathology comparison [G24, LH24] (the reduce
 reads the KL at that length off absolute/lengths walks). The direction itself never depends on
-``A``; the type still ``returns = "direction"``, so ``schedule=relative`` is refused either way.
+``A``; then the type returns a ``"scaled_direction"``, which ``schedule=relative`` walks to exactly
+that length.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ class CovMixtureConfig(DirectionConfig):
 @DIRECTIONS.register("cov_mixture", CovMixtureConfig)
 class CovMixture(Direction):
     returns = "direction"
+
+    @classmethod
+    def returns_for(cls, cfg) -> str:
+        # with the SAE error's length attached, a relative walk can go to exactly that length
+        return "scaled_direction" if cfg.natural_length == "sae_error" else "direction"
     cfg: CovMixtureConfig
 
     def __init__(self, cfg: CovMixtureConfig, ctx: DirectionContext):

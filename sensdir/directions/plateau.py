@@ -23,6 +23,9 @@ class PlateauConfig(DirectionConfig):
     name: str = "plateau"
     start: str = "real"
 
+    def label(self) -> str:
+        return f"plateau:{self.start}"
+
 
 @DIRECTIONS.register("plateau", PlateauConfig)
 class Plateau(Direction):

@@ -39,6 +39,11 @@ class RealMixtureConfig(DirectionConfig):
 @DIRECTIONS.register("real_mixture", RealMixtureConfig)
 class RealMixture(Direction):
     returns = "direction"
+
+    @classmethod
+    def returns_for(cls, cfg) -> str:
+        # with the SAE error's length attached, a relative walk can go to exactly that length
+        return "scaled_direction" if cfg.natural_length == "sae_error" else "direction"
     cfg: RealMixtureConfig
 
     def __init__(self, cfg: RealMixtureConfig, ctx: DirectionContext):

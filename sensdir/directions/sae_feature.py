@@ -60,6 +60,9 @@ class SaeFeatureConfig(DirectionConfig):
     name: str = "sae_feature"
     group: str = "active"  # "active" | "alive" | "dead"
 
+    def label(self) -> str:
+        return f"sae_feature:{self.group}"
+
     def __post_init__(self) -> None:
         check_choice("sae_feature", "group", self.group, GROUPS)
 
