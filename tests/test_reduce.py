@@ -304,3 +304,11 @@ def test_reduce_of_real_jobs_on_the_tiny_model(tiny_cfg):
     t = pq.read_table(res.table_parquet)
     assert lookup(t, direction="random", metric="ms_step_kl", statistic="ks_vs_real")
     assert res.html.exists() and len(res.figures) == 3
+
+
+def test_labelled_variants_are_compared_with_their_real_variant():
+    from sensdir.reduce.stats import reference_of
+
+    assert reference_of("synth_struct") == "real"
+    assert reference_of("plateau:synth_struct") == "plateau:real"
+    assert reference_of("sae_feature:dead") == "sae_feature:real"

@@ -23,6 +23,13 @@ from sensdir.reduce.read import SweepData
 
 METRICS = ("ms_step_kl", "ms_step_l2", "plateau_len")
 REFERENCE = "real"
+
+
+def reference_of(direction: str) -> str:
+    """The type a direction is compared against: ``real``, or for labelled variants such as
+    ``plateau:synth_struct`` the variant that starts from real activations, ``plateau:real``."""
+    family, sep, _ = direction.partition(":")
+    return f"{family}:{REFERENCE}" if sep else REFERENCE
 ERROR_DIRECTION = "sae_error"
 ERROR_BASELINES = ("eps_random", "cov_mixture", "real_mixture")
 COLUMNS = ("section", "direction", "schedule", "sae", "hook", "metric", "statistic", "x", "value", "n")
@@ -72,7 +79,7 @@ def _row(section, g, metric, statistic, value, n, x=None, direction=None) -> dic
 
 def summary_rows(data: SweepData, n_boot: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
-    refs = {g.stratum: i for i, g in enumerate(data.groups) if g.direction == REFERENCE}
+    index = {(g.stratum, g.direction): i for i, g in enumerate(data.groups)}
     rows = []
     for gi, g in enumerate(data.groups):
         for metric in METRICS:
@@ -86,7 +93,7 @@ def summary_rows(data: SweepData, n_boot: int, seed: int) -> list[dict]:
             lo, hi = bootstrap_mean_ci(x, n_boot, rng)
             rows.append(_row("summary", g, metric, "ci95_low", lo, n))
             rows.append(_row("summary", g, metric, "ci95_high", hi, n))
-            ref = refs.get(g.stratum)
+            ref = index.get((g.stratum, reference_of(g.direction)))
             if ref is not None and ref != gi:
                 y = data.values(metric, ref).astype(np.float64)
                 d, p = ks_2samp(x, y)
