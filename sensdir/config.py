@@ -5,7 +5,7 @@ value fails at composition with a message naming the field. ``to_config`` turns 
 DictConfig into the frozen dataclass objects that ``run_job`` takes; tests build those
 objects directly.
 
-Plugin groups (``direction``, ``schedule``) have one dataclass per plugin, registered by the
+Plugin groups (``direction``, ``schedule``, ``study``) have one dataclass per plugin, registered by the
 plugin's own module (see ``sensdir.registry``); ``register_configs`` pushes them into the
 ConfigStore so that ``direction=<name>`` works with no YAML file and no list to edit.
 """
@@ -130,6 +130,7 @@ class SensdirConfig:
     metric: MetricConfig = field(default_factory=MetricConfig)
     run: RunConfig = field(default_factory=RunConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    study: Any = None  # a registered StudyConfig subclass; None = the walks above
     experiment: Optional[str] = None
 
 
@@ -163,10 +164,11 @@ def register_configs() -> None:
 
     from sensdir.directions import DIRECTIONS
     from sensdir.schedules import SCHEDULES
+    from sensdir.studies import STUDIES
 
     cs = ConfigStore.instance()
     cs.store(name="sensdir_schema", node=_editable_node(SensdirConfig))
-    for group, registry in (("direction", DIRECTIONS), ("schedule", SCHEDULES)):
+    for group, registry in (("direction", DIRECTIONS), ("schedule", SCHEDULES), ("study", STUDIES)):
         for entry in registry.entries():
             cs.store(group=group, name=entry.name, node=_editable_node(entry.config_cls))
 

@@ -31,6 +31,7 @@ from sensdir.registry import UnknownNameError
 from sensdir.schedules import SCHEDULES
 from sensdir.shards import (
     SCHEMA_VERSION,
+    build_plain_table,
     build_table,
     is_complete,
     plan_path,
@@ -39,6 +40,7 @@ from sensdir.shards import (
     write_table_atomic,
 )
 from sensdir.stats import compute_stats, site_activations
+from sensdir.studies import STUDIES, StudyContext
 
 log = logging.getLogger("sensdir")
 
@@ -61,6 +63,8 @@ def config_dict(cfg: SensdirConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["direction"] = {"_type": type(cfg.direction).__name__, **d["direction"]}
     d["schedule"] = {"_type": type(cfg.schedule).__name__, **d["schedule"]}
+    if cfg.study is not None:
+        d["study"] = {"_type": type(cfg.study).__name__, **d["study"]}
     return d
 
 
@@ -71,8 +75,12 @@ def config_hash(cfg: SensdirConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def job_label(cfg: SensdirConfig) -> str:
+    return (cfg.study if cfg.study is not None else cfg.direction).label()
+
+
 def job_dir(cfg: SensdirConfig) -> Path:
-    return Path(cfg.run.out_dir) / cfg.run.name / f"{cfg.direction.label().replace(':', '-')}-{config_hash(cfg)[:10]}"
+    return Path(cfg.run.out_dir) / cfg.run.name / f"{job_label(cfg).replace(':', '-')}-{config_hash(cfg)[:10]}"
 
 
 def _validate(cfg: SensdirConfig):
@@ -110,7 +118,104 @@ def _validate(cfg: SensdirConfig):
     return schedule
 
 
+def _load(cfg: SensdirConfig):
+    """Seed once, then the device, model, SAE and site (checked against each other)."""
+    torch.manual_seed(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    model = load_model(cfg.model, device)
+    sae = load_sae(cfg.sae, device)
+    return device, model, sae, check_site(model, sae, cfg.site.hook)
+
+
+def _skip_if_complete(cfg: SensdirConfig, jdir: Path, chash: str) -> JobResult | None:
+    run = cfg.run
+    parquet_path, manifest_path = shard_paths(jdir, run.shard, run.shards)
+    if run.overwrite or not is_complete(jdir, run.shard, run.shards, chash):
+        return None
+    n = json.loads(manifest_path.read_text())["n_rows"]
+    log.info("skip: %s is complete (%d rows)", parquet_path, n)
+    return JobResult(jdir, parquet_path, manifest_path, n, skipped=True)
+
+
+def _write_plan(jdir: Path, cfg: SensdirConfig, chash: str, row_ids: list[str]) -> None:
+    # The plan is written once every check has passed: the reduce compares it with what the
+    # shards hold, so a job killed mid-run shows up as missing rows, not as nothing.
+    run = cfg.run
+    write_json_atomic(
+        plan_path(jdir, run.shard, run.shards),
+        {"job_key": jdir.name, "config_hash": chash, "shard": run.shard, "shards": run.shards, "n_rows": len(row_ids), "row_ids": row_ids},
+    )
+
+
+def _write_manifest(path: Path, meta: dict, n: int, cfg: SensdirConfig, device, started: str, timings: dict) -> None:
+    write_json_atomic(
+        path,
+        {
+            **meta,
+            "status": "complete",
+            "n_rows": n,
+            "shard": cfg.run.shard,
+            "shards": cfg.run.shards,
+            "parquet": path.name.replace(".manifest.json", ".parquet"),
+            "provenance": provenance(),
+            "device": str(device),
+            "started_at": started,
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "timings_s": timings,
+        },
+    )
+
+
+def run_study(cfg: SensdirConfig) -> JobResult:
+    """A study (``cfg.study``): one table, written as one shard with plan and manifest."""
+    t0 = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat()
+    try:
+        entry = STUDIES.get(cfg.study.name)
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    if not isinstance(cfg.study, entry.config_cls):
+        raise ConfigError(f"study {cfg.study.name!r} needs a {entry.config_cls.__name__}, got {type(cfg.study).__name__}")
+    if cfg.run.shards != 1:
+        raise ConfigError(f"study {cfg.study.name!r} runs as one job; drop run.shards={cfg.run.shards}")
+    jdir, chash = job_dir(cfg), config_hash(cfg)
+    done = _skip_if_complete(cfg, jdir, chash)
+    if done is not None:
+        return done
+    device, model, sae, site = _load(cfg)
+    ctx = StudyContext(cfg=cfg, model=model, sae=sae, site=site, device=device, seed=cfg.run.seed, progress=cfg.run.progress)
+    try:
+        study = entry.impl(cfg.study, ctx)
+        keys = study.planned_keys()
+    except ValueError as e:
+        raise ConfigError(f"study {cfg.study.name!r}: {e}") from None
+    row_ids = [f"{jdir.name}/{k}" for k in keys]
+    _write_plan(jdir, cfg, chash, row_ids)
+    t_load = time.perf_counter()
+    table = study.run()
+    got = list(table["row_key"])
+    if sorted(got) != sorted(keys):
+        raise RuntimeError(f"study {cfg.study.name!r} returned rows {sorted(set(got) ^ set(keys))[:5]} it did not plan (or missed them)")
+    n = len(got)
+    columns = {
+        "row_id": [f"{jdir.name}/{k}" for k in got],
+        "job_key": [jdir.name] * n,
+        "study": [cfg.study.label()] * n,
+        "seed": [cfg.run.seed] * n,
+        **table,
+    }
+    meta = {"schema_version": SCHEMA_VERSION, "kind": cfg.study.name, "config_hash": chash, "job_key": jdir.name, "seed": cfg.run.seed, "config": config_dict(cfg)}
+    parquet_path, manifest_path = shard_paths(jdir, cfg.run.shard, cfg.run.shards)
+    write_table_atomic(parquet_path, build_plain_table(columns, meta))
+    t_end = time.perf_counter()
+    _write_manifest(manifest_path, meta, n, cfg, device, started, {"load": t_load - t0, "study": t_end - t_load, "total": t_end - t0})
+    log.info("wrote %d rows (study %s) -> %s", n, cfg.study.label(), parquet_path)
+    return JobResult(jdir, parquet_path, manifest_path, n, skipped=False)
+
+
 def run_job(cfg: SensdirConfig) -> JobResult:
+    if cfg.study is not None:
+        return run_study(cfg)
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat()
     schedule = _validate(cfg)
@@ -118,16 +223,11 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     jdir = job_dir(cfg)
     chash = config_hash(cfg)
     parquet_path, manifest_path = shard_paths(jdir, run.shard, run.shards)
-    if not run.overwrite and is_complete(jdir, run.shard, run.shards, chash):
-        n = json.loads(manifest_path.read_text())["n_rows"]
-        log.info("skip: %s is complete (%d rows)", parquet_path, n)
-        return JobResult(jdir, parquet_path, manifest_path, n, skipped=True)
+    done = _skip_if_complete(cfg, jdir, chash)
+    if done is not None:
+        return done
 
-    torch.manual_seed(run.seed)
-    device = resolve_device(run.device)
-    model = load_model(cfg.model, device)
-    sae = load_sae(cfg.sae, device)
-    site = check_site(model, sae, cfg.site.hook)
+    device, model, sae, site = _load(cfg)
     prompts = load_prompts(cfg.data, model.tokenizer, run.seed)
     sl = shard_slice(len(prompts.base_BT), run.shard, run.shards)
     base_BT, base_index_B = prompts.base_BT[sl], prompts.base_index_B[sl]
@@ -152,12 +252,7 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     target_index_B = torch.arange(run.n_targets).repeat(len(base_BT) // run.n_targets)
     jkey = jdir.name
     row_ids = [f"{jkey}/s{run.shard}/p{int(p)}/t{int(t)}" for p, t in zip(base_index_B, target_index_B)]
-    # The plan is written once every check has passed: the reduce compares it with what the
-    # shards hold, so a job killed mid-run shows up as missing rows, not as nothing.
-    write_json_atomic(
-        plan_path(jdir, run.shard, run.shards),
-        {"job_key": jkey, "config_hash": chash, "shard": run.shard, "shards": run.shards, "n_rows": len(row_ids), "row_ids": row_ids},
-    )
+    _write_plan(jdir, cfg, chash, row_ids)
 
     cols: dict[str, list] = {k: [] for k in ("kl", "l2", "grid", "valid", "ms_step_kl", "ms_step_l2", "plateau_len", "base_norm")}
     info_cols: dict[str, list] = {}
@@ -231,28 +326,10 @@ def run_job(cfg: SensdirConfig) -> JobResult:
         "base_norm": torch.cat(cols["base_norm"]).tolist(),
         **info_cols,
     }
-    meta = {"schema_version": SCHEMA_VERSION, "config_hash": chash, "job_key": jkey, "seed": run.seed, "config": config_dict(cfg)}
+    meta = {"schema_version": SCHEMA_VERSION, "kind": "walk", "config_hash": chash, "job_key": jkey, "seed": run.seed, "config": config_dict(cfg)}
     write_table_atomic(parquet_path, build_table(columns, meta))
     t_end = time.perf_counter()
-    manifest = {
-        **meta,
-        "status": "complete",
-        "n_rows": n,
-        "shard": run.shard,
-        "shards": run.shards,
-        "parquet": parquet_path.name,
-        "provenance": provenance(),
-        "device": str(device),
-        "started_at": started,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "timings_s": {
-            "load": t_load - t0,
-            "stats": t_stats - t_load,
-            "walk": t_walk - t_stats,
-            "write": t_end - t_walk,
-            "total": t_end - t0,
-        },
-    }
-    write_json_atomic(manifest_path, manifest)
+    timings = {"load": t_load - t0, "stats": t_stats - t_load, "walk": t_walk - t_stats, "write": t_end - t_walk, "total": t_end - t0}
+    _write_manifest(manifest_path, meta, n, cfg, device, started, timings)
     log.info("wrote %d rows (%s, %s) -> %s", n, cfg.direction.label(), cfg.schedule.name, parquet_path)
     return JobResult(jdir, parquet_path, manifest_path, n, skipped=False)

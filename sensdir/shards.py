@@ -100,6 +100,14 @@ def build_table(columns: dict[str, list], metadata: dict[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def build_plain_table(columns: dict[str, list], metadata: dict[str, Any]) -> pa.Table:
+    """A study's table: column types inferred, ``row_id`` first."""
+    names = ["row_id"] + [c for c in columns if c != "row_id"]
+    arrays = [pa.array(columns[c]) for c in names]
+    schema = pa.schema([pa.field(c, a.type) for c, a in zip(names, arrays)], metadata={"sensdir": json.dumps(metadata, sort_keys=True, default=str)})
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())

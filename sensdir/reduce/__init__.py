@@ -21,6 +21,7 @@ from sensdir.reduce.html import write_html
 from sensdir.reduce.read import SweepData, read_sweep
 from sensdir.reduce.secrets import sanitize
 from sensdir.reduce.stats import stats_table
+from sensdir.reduce.studies import reduce_studies
 from sensdir.reduce.wb import log_run
 
 __all__ = ["IncompleteSweepError", "ReduceResult", "reduce_sweep"]
@@ -96,11 +97,12 @@ def reduce_sweep(
         raise IncompleteSweepError(comp)
 
     data = read_sweep(comp, n_examples=n_examples, progress=progress)
-    table = stats_table(data, n_boot=n_bootstrap, seed=seed)
+    studies = reduce_studies(comp, out / "figures")
+    table = stats_table(data, n_boot=n_bootstrap, seed=seed, extra_rows=studies.rows)
     table_parquet, table_csv = out / "stats.parquet", out / "stats.csv"
     pq.write_table(table, table_parquet)
     pcsv.write_csv(table, table_csv)
-    figures = make_figures(data, table, out / "figures")
+    figures = {**make_figures(data, table, out / "figures"), **studies.figures}
 
     configs = sanitize(data.configs)
     job_prov = sanitize(data.provenance)
@@ -115,6 +117,7 @@ def reduce_sweep(
         configs=configs,
         provenance=job_prov,
         reduce_provenance=reduce_prov,
+        study_tables=studies.tables,
     )
     wb_config = sanitize(
         {

@@ -37,6 +37,7 @@ class ShardFile:
     stem: str
     n_rows: int
     manifest: dict[str, Any] | None
+    kind: str = "walk"  # "walk", or the name of the study that wrote the shard
 
 
 @dataclass
@@ -134,19 +135,29 @@ def _stem_of(path: Path) -> str:
     return path.name.split(".", 1)[0]
 
 
-def _validate_file(path: Path, manifest: dict[str, Any] | None) -> tuple[int | None, str | None, str | None]:
-    """(n_rows, corrupt_reason, truncated_reason) from the footer alone."""
+def shard_kind(schema_metadata: dict | None) -> str:
+    """What wrote a shard: ``walk`` or a study's name (key ``kind`` of its metadata)."""
+    try:
+        return json.loads((schema_metadata or {}).get(b"sensdir", b"{}")).get("kind", "walk")
+    except ValueError:
+        return "walk"
+
+
+def _validate_file(path: Path, manifest: dict[str, Any] | None) -> tuple[int | None, str | None, str | None, str]:
+    """(n_rows, corrupt_reason, truncated_reason, kind) from the footer alone."""
     try:
         pf = pq.ParquetFile(path)
         meta, names = pf.metadata, set(pf.schema_arrow.names)
+        kind = shard_kind(pf.schema_arrow.metadata)
     except (OSError, pa.ArrowException) as e:
-        return None, f"{type(e).__name__}: {e}", None
-    lacking = [c for c in REQUIRED_COLUMNS if c not in names]
+        return None, f"{type(e).__name__}: {e}", None, "walk"
+    required = REQUIRED_COLUMNS if kind == "walk" else ("row_id", "job_key")
+    lacking = [c for c in required if c not in names]
     if lacking:
-        return None, f"lacks column(s) {lacking}", None
+        return None, f"lacks column(s) {lacking}", None, kind
     if manifest is not None and manifest.get("n_rows") is not None and meta.num_rows != manifest["n_rows"]:
-        return meta.num_rows, None, f"{meta.num_rows} rows, manifest says {manifest['n_rows']}"
-    return meta.num_rows, None, None
+        return meta.num_rows, None, f"{meta.num_rows} rows, manifest says {manifest['n_rows']}", kind
+    return meta.num_rows, None, None, kind
 
 
 def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
@@ -172,7 +183,7 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
             manifest = _read_json(jdir / f"{stem}.manifest.json")
             if manifest is not None and manifest.get("status") != "complete":
                 manifest = None
-            n_rows, corrupt, truncated = _validate_file(path, manifest)
+            n_rows, corrupt, truncated, kind = _validate_file(path, manifest)
             if corrupt:
                 comp.corrupt_files[str(path)] = corrupt
                 continue
@@ -182,7 +193,7 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
                 comp.unfinished_files.append(str(path))
             else:
                 comp.manifests.setdefault(manifest.get("job_key", jdir.name), manifest)
-            comp.shards.append(ShardFile(path, jdir, stem, n_rows or 0, manifest))
+            comp.shards.append(ShardFile(path, jdir, stem, n_rows or 0, manifest, kind))
 
     # Row ids of every readable file: one projected column per file, read file by file so that
     # a file whose data pages are damaged (footer intact) is caught and named too.

@@ -69,6 +69,20 @@ def _img(path: Path) -> str:
     return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
 
 
+def _plain_table(table: pa.Table, max_rows: int = 500) -> str:
+    cols = [c for c in table.column_names if c not in ("row_id", "job_key", "seed")]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in cols) + "</tr>" for r in table.slice(0, max_rows).to_pylist()
+    )
+    more = f"<p>({table.num_rows - max_rows} more rows in the shards)</p>" if table.num_rows > max_rows else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
 def write_html(
     path: Path,
     *,
@@ -79,6 +93,7 @@ def write_html(
     configs: dict[str, Any],
     provenance: dict[str, Any],
     reduce_provenance: dict[str, Any],
+    study_tables: dict[str, pa.Table] | None = None,
 ) -> Path:
     """``configs`` and provenance must already be sanitized."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sensdir reduce: {html.escape(sweep_dir.name)}</title>"]
@@ -103,6 +118,8 @@ def write_html(
     for section, title in (("error_pathology", "Error pathology"), ("feature_l0", "KL vs length per SAE")):
         if any(s == section for s in table.column("section").to_pylist()):
             parts.append(f"<h2>{title}</h2>" + _section_rows(table, section))
+    for study, st in sorted((study_tables or {}).items()):
+        parts.append(f"<h2>Study: {html.escape(study)}</h2>" + _plain_table(st))
     parts.append("<h2>Figures</h2>")
     parts.extend(_img(p) for p in figures.values())
     parts.append("<h2>Provenance</h2>")

@@ -169,17 +169,19 @@ def read_sweep(comp: Completeness, n_examples: int = 3, progress: bool = True, b
     for rid, path in comp.duplicate_owner.items():
         owned.setdefault(path, []).append(rid)
 
-    total = sum(sf.n_rows for sf in comp.shards)
+    walk_shards = [sf for sf in comp.shards if sf.kind == "walk"]
+    total = sum(sf.n_rows for sf in walk_shards)
     bar = tqdm(total=total, desc="reduce: reading shards", unit="row", unit_scale=True, disable=not progress)
     n_rows = 0
-    for sf in comp.shards:
+    for sf in walk_shards:
         meta = file_metadata(sf.path)
         cfg = meta.get("config") or (sf.manifest or {}).get("config") or {}
         jkey = meta.get("job_key") or sf.job_dir.name
         configs.setdefault(jkey, cfg)
         if sf.manifest and "provenance" in sf.manifest:
             prov.setdefault(jkey, sf.manifest["provenance"])
-        sae, hook = sae_label(cfg), (cfg.get("site") or {}).get("hook", "?")
+        # a site left to the SAE (site.hook null) is the SAE's hook: the sae label says which
+        sae, hook = sae_label(cfg), (cfg.get("site") or {}).get("hook") or "sae's"
         dataset = ds.dataset(sf.path, format="parquet")
         names = set(dataset.schema.names)
         has_nat = "natural_length" in names

@@ -141,8 +141,9 @@ def feature_l0_rows(data: SweepData) -> list[dict]:
     return rows
 
 
-def stats_table(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pa.Table:
-    rows = summary_rows(data, n_boot, seed) + error_pathology_rows(data) + feature_l0_rows(data)
+def stats_table(data: SweepData, n_boot: int = 1000, seed: int = 0, extra_rows: list[dict] = ()) -> pa.Table:
+    """``extra_rows``: the studies' own tidy rows (sensdir.reduce.studies)."""
+    rows = summary_rows(data, n_boot, seed) + error_pathology_rows(data) + feature_l0_rows(data) + list(extra_rows)
     schema = pa.schema(
         [(c, pa.string()) for c in COLUMNS[:7]] + [("x", pa.float64()), ("value", pa.float64()), ("n", pa.int64())]
     )
