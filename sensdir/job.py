@@ -236,7 +236,7 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     skip_first = cfg.data.prepend_bos
     stats = compute_stats(site_activations(model, prompts.stats_NT, site), sae, cfg.stats, skip_first)
     pool_PD = site_activations(model, prompts.pool_PT, site)[:, -1, :]
-    ctx = DirectionContext(sae=sae, stats=stats, pool_PD=pool_PD, device=device)
+    ctx = DirectionContext(sae=sae, stats=stats, pool_PD=pool_PD, device=device, model=model, site=site)
     try:
         direction = DIRECTIONS.build(cfg.direction, ctx)
     except ValueError as e:  # e.g. sae_feature:dead on an SAE without dead latents

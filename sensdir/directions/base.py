@@ -55,6 +55,10 @@ class DirectionContext:
     stats: SiteStats
     pool_PD: Float[Tensor, "pool d"]  # site activations of other real prompts (last position)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # For types that fit something on the model first (probe, supervised): the model and the
+    # site (sensdir.engine.Site). None in unit tests of types that don't need them.
+    model: Any = None
+    site: Any = None
 
 
 @dataclass
