@@ -1,5 +1,6 @@
 # make run   - create .venv if missing, then run the quickstart sweep on the embedded model
 # make test  - create .venv if missing, then run the test suite
+# make bench - sensdir's engine against the papers' computation (writes bench.json)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.sensdir-installed
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: venv run test test-fast clean-results
+.PHONY: venv run test test-fast bench bench-reduce clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not slurm"
+
+bench: $(STAMP)
+	$(PY) -m sensdir.bench --out bench.json
+
+bench-reduce: $(STAMP)
+	$(PY) bench/reduce_bench.py
 
 clean-results:
 	rm -rf results
