@@ -136,26 +136,27 @@ def make_ioi(io: str, s: str, io_pos: int, template: int, place: str, obj: str) 
                       place=place, object=obj)
 
 
-def sample_ioi(rng: random.Random, split: IOISplit = "train") -> IOIExample:
+def sample_ioi(rng: random.Random, split: IOISplit = "train",
+               templates: Sequence[int] | None = None) -> IOIExample:
     """One IOI example.
 
     ``train``: training templates and name pairs; ``heldout_pairs``: training templates with
     held-out name pairs; ``heldout_templates``: held-out templates with held-out name pairs.
     """
-    if split == "train":
-        templates = TRAIN_TEMPLATES
-    elif split == "heldout_pairs":
-        templates = TRAIN_TEMPLATES
+    if split in ("train", "heldout_pairs"):
+        allowed = TRAIN_TEMPLATES
     elif split == "heldout_templates":
-        templates = tuple(sorted(HELDOUT_TEMPLATES))
+        allowed = tuple(sorted(HELDOUT_TEMPLATES))
     else:
         raise ValueError(f"unknown IOI split {split!r}")
+    if templates is not None:
+        allowed = tuple(t for t in allowed if t in set(templates))
     want_heldout_pair = split != "train"
     while True:
         io, s = rng.sample(NAMES, 2)
         if is_heldout_pair(io, s) == want_heldout_pair:
             break
-    return make_ioi(io, s, rng.randrange(2), rng.choice(templates), rng.choice(PLACES),
+    return make_ioi(io, s, rng.randrange(2), rng.choice(allowed), rng.choice(PLACES),
                     rng.choice(OBJECTS))
 
 
@@ -164,9 +165,10 @@ def ioi_eval_set(split: IOISplit, n: int, seed: int = 0) -> list[IOIExample]:
     return [sample_ioi(rng, split) for _ in range(n)]
 
 
-def ioi_train_texts(n: int, seed: int = 0) -> list[str]:
+def ioi_train_texts(n: int, seed: int = 0, templates: Sequence[int] | None = None) -> list[str]:
+    """``n`` training sentences (prompt + answer); ``templates`` restricts the templates."""
     rng = random.Random(f"ioi-train:{seed}")
-    return [sample_ioi(rng, "train").text for _ in range(n)]
+    return [sample_ioi(rng, "train", templates).text for _ in range(n)]
 
 
 _WORD = re.compile(r"[a-z]{3,}")

@@ -50,18 +50,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "one if present, else train a new one)")
     ap.add_argument("--new-tokenizer", action="store_true", help="train a new tokenizer")
     ap.add_argument("--out", type=Path, default=Path("outputs/embedded_model"))
-    ap.add_argument("--tokens", type=float, default=40e6, help="training tokens (input positions)")
-    ap.add_argument("--batch-size", type=int, default=64, help="rows per step")
+    ap.add_argument("--tokens", type=float, default=80e6, help="training tokens (input positions)")
+    ap.add_argument("--batch-size", type=int, default=128, help="rows per step")
     ap.add_argument("--n-ctx", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=300, help="warm-up steps")
     ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                     help="autocast: auto = bf16 on CUDA, none on CPU")
-    ap.add_argument("--eval-every", type=int, default=500, help="steps between progress evaluations (0: none)")
+    ap.add_argument("--eval-every", type=int, default=250, help="steps between progress evaluations (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     return ap.parse_args(argv)
 
@@ -80,8 +80,10 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
-    torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
+        # warn_only: an op without a deterministic kernel warns instead of aborting a long run.
+        # (CPU kernels are deterministic for a fixed thread count without this switch.)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 

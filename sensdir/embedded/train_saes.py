@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -47,6 +48,7 @@ import shlex
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,16 +81,15 @@ class SaeSpec:
 
 
 # L1 coefficients act on inputs scaled to mean norm sqrt(d_in) = 16 (sae_lens's L1 term is
-# sum_i |f_i| * ||W_dec,i||). They were chosen with a short sweep on the real activations to
-# land near L0 ~ 10 / 25 / 60 (sparse / mid / dense); per-site values where they differ.
+# sum_i |f_i| * ||W_dec,i||), aiming at L0 ~ 10 / 25 / 60 (sparse / mid / dense).
 FAMILY: dict[str, tuple[SaeSpec, ...]] = {
     site: (
-        SaeSpec("l1-sparse", "standard", l1_coefficient=5.0),
-        SaeSpec("l1-mid", "standard", l1_coefficient=2.5),
-        SaeSpec("l1-dense", "standard", l1_coefficient=1.2),
+        SaeSpec("l1-sparse", "standard", l1_coefficient=4.0),
+        SaeSpec("l1-mid", "standard", l1_coefficient=2.0),
+        SaeSpec("l1-dense", "standard", l1_coefficient=1.0),
         SaeSpec("topk-16", "topk", k=16),
         SaeSpec("topk-48", "topk", k=48),
-        SaeSpec("gated", "gated", l1_coefficient=2.5),
+        SaeSpec("gated", "gated", l1_coefficient=6.0),
     )
     for site in SITES
 }
@@ -97,9 +98,9 @@ FAMILY: dict[str, tuple[SaeSpec, ...]] = {
 @dataclasses.dataclass
 class TrainSettings:
     seed: int = 0
-    train_tokens: int = 1_200_000  # activations per SAE (one pass over the site buffer)
-    batch_size: int = 4096
-    lr: float = 1e-3
+    train_tokens: int = 1_200_000  # activations per SAE (~one pass over the train split)
+    batch_size: int = 1024
+    lr: float = 3e-3
     eval_rows: int = 1024  # held-out rows for FVU / gamma / L0 / firing frequency
     ce_rows: int = 256  # held-out rows for the CE-loss splice
     threads: int = 2
@@ -423,7 +424,31 @@ CE_FORMULA = (
 )
 
 
-def write_cards(out_root: Path, cards: list[dict[str, Any]]) -> None:
+def _site_key(site: str) -> int:
+    """A stable per-site integer (so a site's data and seeds do not depend on which other
+    sites are trained in the same invocation)."""
+    return zlib.crc32(site.encode()) % 1_000_000
+
+
+def collect_cards(out_root: Path, family: dict[str, tuple[SaeSpec, ...]] | None = None) -> list[dict[str, Any]]:
+    """All ``card.json`` under ``out_root``, in site order then family order."""
+    family = family or FAMILY
+    cards = [json.loads(p.read_text()) for p in sorted(out_root.glob("*/*/card.json"))]
+
+    def key(c):
+        site_rank = SITES.index(c["site"]) if c["site"] in SITES else len(SITES)
+        names = [sp.name for sp in family.get(c["site"], ())]
+        name_rank = names.index(c["name"]) if c["name"] in names else len(names)
+        return (site_rank, c["site"], name_rank, c["name"])
+
+    return sorted(cards, key=key)
+
+
+def write_cards(out_root: Path, family: dict[str, tuple[SaeSpec, ...]] | None = None) -> None:
+    """(Re)write ``index.json`` and ``CARDS.md`` from every card under ``out_root``."""
+    cards = collect_cards(out_root, family)
+    if not cards:
+        return
     index = [
         {
             "site": c["site"],
@@ -452,7 +477,12 @@ def write_cards(out_root: Path, cards: list[dict[str, Any]]) -> None:
         f"SAEs on the embedded model (`{MODEL_NAME}`, 4 layers, d_model {c0['d_in']}), "
         f"d_sae = {c0['d_sae']} (4x), trained with sae_lens {c0['sae_lens_version']} `SAETrainer` on CPU.",
         "",
-        f"Command: `{c0['command']}` (seed {c0['seed']}).",
+        *(
+            [f"Command: `{c0['command']}` (seed {c0['seed']}; deterministic on CPU with {c0['threads']} threads)."]
+            if len({c["command"] for c in cards}) == 1
+            else ["Commands (per SAE; each SAE's data and init depend only on the seed, site and name):"]
+            + [f"* `{cmd}`" for cmd in sorted({c["command"] for c in cards})]
+        ),
         "",
         "Load: `sae_lens.SAE.load_from_disk('sensdir/embedded/assets/saes/<site>/<name>')` -> float32 SAE "
         "(weights are stored as float16; `cfg.json` says float32, and sae_lens's disk loader casts). "
@@ -486,11 +516,16 @@ def write_cards(out_root: Path, cards: list[dict[str, Any]]) -> None:
         *[f"* **{k}**: {v}" for k, v in ARCH_NOTES.items()],
         "",
         "Training: Adam (lr {lr}, 2% linear warm-up, constant, linear decay to 0 over the last 20%), "
-        "batch {bs}, one pass over {tt:,} shuffled train-split activations per site "
-        "(the same buffer for the whole family), inputs scaled to mean norm sqrt(d_in) "
+        "batch {bs}, {tt:,} activations per SAE read in order from a shuffled buffer of {nb:,} "
+        "train-split activations per site (the same buffer for the whole family; re-shuffled "
+        "when it runs out), inputs scaled to mean norm sqrt(d_in) "
         "(factor folded into the weights afterwards), b_dec initialised at the activation mean, "
         "L1 coefficient warmed up over the first 5% of steps.".format(
-            lr=c0["lr"], bs=c0["batch_size"], tt=c0["training_tokens"]
+            lr=c0["lr"], bs=c0["batch_size"], tt=c0["training_tokens"], nb=c0["train_buffer_activations"]
+        ),
+        "",
+        "CPU time for training (all SAEs listed): {:.0f} s ({} threads).".format(
+            sum(c["train_cpu_s"] for c in cards), c0["threads"]
         ),
         "",
         "Files per SAE: `cfg.json`, `sae_weights.safetensors` (sae_lens format), "
@@ -513,17 +548,35 @@ def run(
     smoke: bool = False,
     command: str = "",
     family: dict[str, tuple[SaeSpec, ...]] | None = None,
+    act_cache: Path | None = None,
 ) -> list[dict[str, Any]]:
     family = family or FAMILY
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
-        return _run(settings, out_root, sites, names, smoke, command, family)
+        return _run(settings, out_root, sites, names, smoke, command, family, act_cache)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[str, Any]]:
+def _model_sha256() -> str:
+    p = ASSETS_DIR.parent / "model" / "model.safetensors"
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "unknown"
+
+
+def _acts_key(model, train_rows: torch.Tensor, held_rows: torch.Tensor, sites: Sequence[str]) -> str:
+    """Hash of everything the activation buffers depend on: weights, token rows, sites."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(train_rows.numpy().tobytes())
+    h.update(held_rows.numpy().tobytes())
+    h.update(repr(sorted(sites)).encode())
+    return h.hexdigest()[:16]
+
+
+def _run(settings, out_root, sites, names, smoke, command, family, act_cache=None) -> list[dict[str, Any]]:
     import sae_lens
     from safetensors.torch import save_file
 
@@ -540,10 +593,12 @@ def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[
     else:
         model = load_model()
         n_ctx = model.cfg.n_ctx
-        n_train_rows = math.ceil(settings.train_tokens / (n_ctx - 1))
-        train_rows = corpus_rows(model, "train", n_ctx, n_train_rows, seed=settings.seed)
+        # every train window (shuffled), whatever train_tokens is: the buffer, and so the
+        # activation cache, does not depend on how long the SAEs train
+        train_rows = corpus_rows(model, "train", n_ctx, None, seed=settings.seed)
         held_rows = corpus_rows(model, "heldout", n_ctx, settings.eval_rows)
         data_desc = "sensdir.embedded.corpus prose: train split for training, heldout split for evaluation"
+    model_sha = "random-init" if smoke else _model_sha256()
     model.to(settings.device)
     model.eval()
     if train_rows.shape[0] * (n_ctx - 1) < settings.train_tokens:
@@ -558,15 +613,31 @@ def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[
     )
 
     t0 = time.time()
-    train_acts = collect_activations(model, train_rows, sites)
-    held_acts = collect_activations(model, held_rows, sites)
-    print(f"[train_saes] activations collected in {time.time() - t0:.0f}s", flush=True)
+    # with a cache, collect every standard site so that runs on a subset reuse the buffers
+    collect_sites = sorted(set(sites) | (set(SITES) if act_cache is not None else set()))
+    cache_file = None
+    if act_cache is not None:
+        cache_file = Path(act_cache) / f"acts-{_acts_key(model, train_rows, held_rows, collect_sites)}.pt"
+    if cache_file is not None and cache_file.is_file():
+        blob = torch.load(cache_file)
+        train_acts, held_acts = blob["train"], blob["held"]
+        print(f"[train_saes] activations loaded from {cache_file}", flush=True)
+    else:
+        train_acts = collect_activations(model, train_rows, collect_sites)
+        held_acts = collect_activations(model, held_rows, collect_sites)
+        print(f"[train_saes] activations collected in {time.time() - t0:.0f}s", flush=True)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp")
+            torch.save({"train": train_acts, "held": held_acts}, tmp)
+            os.replace(tmp, cache_file)
     ce_rows = held_rows[: settings.ce_rows]
 
     cards: list[dict[str, Any]] = []
-    for si, site in enumerate(sites):
+    for site in sites:
+        si = _site_key(site)
         acts = train_acts[site]
-        perm = torch.randperm(acts.shape[0], generator=torch.Generator().manual_seed(settings.seed + 1000 * si))
+        perm = torch.randperm(acts.shape[0], generator=torch.Generator().manual_seed(settings.seed * 1_000_003 + si))
         acts = acts[perm].to(settings.device)
         act_mean = acts.mean(0)
         scale = math.sqrt(acts.shape[1]) / float(acts.norm(dim=-1).mean())
@@ -577,7 +648,7 @@ def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[
         for ni, spec in enumerate(family[site]):
             if names and spec.name not in names:
                 continue
-            sae_seed = settings.seed * 100_003 + 100 * si + ni
+            sae_seed = (settings.seed * 1_000_003 + si + 7919 * (ni + 1)) % (2**31)
             t1, c1 = time.time(), time.process_time()
             trained = train_one(spec, site, acts, act_mean, scale, settings, n_ctx, sae_seed)
             train_wall, train_cpu = time.time() - t1, time.process_time() - c1
@@ -600,6 +671,7 @@ def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[
                 "d_sae": int(sae.cfg.d_sae),
                 "training_tokens": steps * settings.batch_size,
                 "training_steps": steps,
+                "train_buffer_activations": int(acts.shape[0]),
                 "batch_size": settings.batch_size,
                 "lr": settings.lr,
                 "l0": st.l0(),
@@ -619,6 +691,7 @@ def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[
                 "sae_init_seed": sae_seed,
                 "command": command,
                 "data": data_desc,
+                "model_sha256": model_sha,
                 "architecture_notes": ARCH_NOTES[spec.architecture],
                 "weights_dtype_on_disk": "float16",
                 "train_wall_s": round(train_wall, 1),
@@ -629,6 +702,8 @@ def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[
                 "python": platform.python_version(),
             }
             (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+            for f in out_dir.iterdir():
+                f.chmod(0o644)
             cards.append(card)
             print(
                 f"[train_saes] {site} {spec.name}: L0 {card['l0']:.1f} FVU {card['fvu']:.3f} "
@@ -636,8 +711,7 @@ def _run(settings, out_root, sites, names, smoke, command, family) -> list[dict[
                 f"({train_wall:.0f}s wall, {train_cpu:.0f}s cpu)",
                 flush=True,
             )
-    if not names:
-        write_cards(out_root, cards)
+    write_cards(out_root, family)
     print(
         f"[train_saes] done in {time.time() - t_start:.0f}s wall, {time.process_time() - c_start:.0f}s CPU",
         flush=True,
@@ -667,6 +741,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help=f"output root (default {ASSETS_DIR})")
     p.add_argument("--sites", nargs="+", default=list(SITES))
     p.add_argument("--only", nargs="+", default=None, help="train only these names (no index/CARDS)")
+    p.add_argument(
+        "--act-cache",
+        type=Path,
+        default=None,
+        help="directory to keep the activation buffers in, keyed by a hash of weights and tokens "
+        "(reruns, e.g. with --only, then skip the model forward passes; results are identical)",
+    )
     p.add_argument("--smoke", action="store_true", help="random model + synthetic tokens, tiny sizes")
     p.add_argument(
         "--spec",
@@ -703,7 +784,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.spec:
         specs = tuple(parse_spec(x) for x in a.spec)
         family = {site: specs for site in a.sites}
-    run(settings, out, sites=a.sites, names=a.only, smoke=a.smoke, command=command, family=family)
+    run(
+        settings, out, sites=a.sites, names=a.only, smoke=a.smoke, command=command, family=family,
+        act_cache=a.act_cache,
+    )
     print(f"[train_saes] wrote {out}")
     return 0
 
