@@ -59,17 +59,20 @@ def clean_site_resid(model, tokens_BT: Int[Tensor, "B T"], site: Site) -> Float[
     return cache[site.hook]
 
 
+def blocks_from_site(model, resid_NTD: Float[Tensor, "N T d"], site: Site) -> Float[Tensor, "N T d"]:
+    """The residual stream after the last block, running only the blocks from the site on."""
+    for block in model.blocks[site.start_layer :]:
+        resid_NTD = block(resid_NTD)
+    return resid_NTD
+
+
 @torch.inference_mode()
 def run_from_site(
     model, resid_NTD: Float[Tensor, "N T d"], site: Site
 ) -> tuple[Float[Tensor, "N V"], Float[Tensor, "N d"]]:
     """Logits and final residual at the last position, running blocks from the site on."""
-    resid = resid_NTD
-    for block in model.blocks[site.start_layer :]:
-        resid = block(resid)
-    final_ND = resid[:, -1, :]
-    logits_NV = unembed(model, final_ND)
-    return logits_NV, final_ND
+    final_ND = blocks_from_site(model, resid_NTD, site)[:, -1, :]
+    return unembed(model, final_ND), final_ND
 
 
 @torch.inference_mode()
@@ -256,9 +259,7 @@ class WalkEngine:
             else:
                 resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
                 resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)
-                for block in self.model.blocks[self.site.start_layer :]:
-                    resid_NTD = block(resid_NTD)
-                final_nKD = resid_NTD[:, -1, :].reshape(n, K, D)
+                final_nKD = blocks_from_site(self.model, resid_NTD, self.site)[:, -1, :].reshape(n, K, D)
             kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(self.model, final_nKD, self.logit_rows)
             if progress is not None:
                 progress.update(n)
@@ -289,8 +290,7 @@ def walk_metrics_all_positions(
     for rows in _row_chunks(B, K * T, batch_size):
         n = rows.stop - rows.start
         resid_nKTD = acts_BTKD[rows].permute(0, 2, 1, 3).reshape(n * K, T, D).contiguous()
-        for block in model.blocks[site.start_layer :]:
-            resid_nKTD = block(resid_nKTD)
+        resid_nKTD = blocks_from_site(model, resid_nKTD, site)
         final_nKPD = resid_nKTD[:, :-1, :].reshape(n, K, T - 1, D)
         l2_BK[rows] = (final_nKPD.float() - final_nKPD[:, :1].float()).norm(dim=-1).mean(-1)
         kl = torch.empty(n, K, T - 1, dtype=torch.float32, device=acts_BTKD.device)
