@@ -54,12 +54,18 @@ def _hf_documents(cfg: DataConfig, seed: int) -> Iterator[str]:
         raise ConfigError("data.source=hf needs data.dataset (e.g. Skylion007/openwebtext)")
     import datasets
 
-    from sensdir.hub import hub_call
+    from sensdir.errors import MissingResourceError
+    from sensdir.hub import dataset_hint, hub_call
 
     kwargs = {"split": cfg.split, "streaming": True}
     if cfg.data_files:
         kwargs["data_files"] = cfg.data_files
-    ds = hub_call(f"dataset {cfg.dataset!r}", lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config, **kwargs))
+    try:
+        ds = hub_call(dataset_hint(cfg.dataset), lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config, **kwargs))
+    except MissingResourceError:
+        raise
+    except FileNotFoundError as e:  # e.g. data.data_files names no local file
+        raise MissingResourceError(f"cannot load dataset {cfg.dataset!r} (data_files={cfg.data_files!r}): {e}") from None
     ds = ds.shuffle(seed=seed, buffer_size=10_000)
     for row in ds:
         yield row[cfg.text_column]
