@@ -124,10 +124,11 @@ def feature_l0_figure(data: SweepData, table: pa.Table, path: Path) -> Path | No
 
 def make_figures(data: SweepData, table: pa.Table, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    walks = bool(data.groups)  # a sweep of studies alone has no walk figures
     figs: dict[str, Path | None] = {
-        "curves": curves_figure(data, out_dir / "curves.png"),
-        "ms_step": _hist_cdf(data, [("ms_step_l2", "L2 max-slope step"), ("ms_step_kl", "KL max-slope step")], out_dir / "ms_step.png"),
-        "plateau": _hist_cdf(data, [("plateau_len", "plateau length")], out_dir / "plateau.png"),
+        "curves": curves_figure(data, out_dir / "curves.png") if walks else None,
+        "ms_step": _hist_cdf(data, [("ms_step_l2", "L2 max-slope step"), ("ms_step_kl", "KL max-slope step")], out_dir / "ms_step.png") if walks else None,
+        "plateau": _hist_cdf(data, [("plateau_len", "plateau length")], out_dir / "plateau.png") if walks else None,
         "error_pathology": error_pathology_figure(table, out_dir / "error_pathology.png"),
         "feature_l0": feature_l0_figure(data, table, out_dir / "feature_l0.png"),
     }

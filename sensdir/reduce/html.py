@@ -115,7 +115,14 @@ def write_html(
         "statistic and p-value against <code>real</code> on the same schedule, SAE and hook.</p>"
     )
     parts.append(summary_html(table))
-    for section, title in (("error_pathology", "Error pathology"), ("feature_l0", "KL vs length per SAE")):
+    sections = (
+        ("error_pathology", "Error pathology"),
+        ("feature_l0", "KL vs length per SAE"),
+        ("absorption", "Feature absorption"),
+        ("ioi_supervised", "IOI supervised dictionaries"),
+        ("sae_quality", "SAE quality"),
+    )
+    for section, title in sections:
         if any(s == section for s in table.column("section").to_pylist()):
             parts.append(f"<h2>{title}</h2>" + _section_rows(table, section))
     for study, st in sorted((study_tables or {}).items()):
