@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.sensdir-installed
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: venv run test test-fast bench bench-reduce clean-results
+.PHONY: venv run test test-fast test-slurm bench bench-reduce clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not slurm"
+
+test-slurm: $(STAMP)
+	$(PY) -m pytest -m slurm
 
 bench: $(STAMP)
 	$(PY) -m sensdir.bench --out bench.json

@@ -1,8 +1,9 @@
 """A single-node SLURM cluster on this machine, for tests and for trying the sweep scripts.
 
 ``python -m sensdir.slurm_local start [DIR]`` writes a minimal ``slurm.conf`` under DIR
-(default ``/tmp/sensdir-slurm``), starts ``munged`` (if no munge daemon answers already),
-``slurmctld`` and ``slurmd`` as root, and waits until ``sinfo`` shows the node idle. It prints
+(default ``/tmp/sensdir-slurm``; free ports, its own munge socket, so several clusters can run
+side by side), starts ``munged``, ``slurmctld`` and ``slurmd`` as root, and waits until
+``sinfo`` shows the node idle. It prints
 ``export SLURM_CONF=DIR/slurm.conf``: SLURM's commands (sbatch, squeue, scontrol) and the
 submitit launcher read the cluster from that variable. ``stop [DIR]`` stops the daemons it
 started, by the pids in DIR. Needs root and Debian's ``slurm-wlm`` and ``munge`` packages
@@ -26,7 +27,6 @@ from pathlib import Path
 
 DEFAULT_DIR = Path("/tmp/sensdir-slurm")
 PARTITION = "debug"
-MUNGE_SOCKET_DIR = Path("/run/munge")
 
 
 class ClusterUnavailable(RuntimeError):
@@ -61,6 +61,10 @@ class LocalCluster:
         return self.root / "slurm.conf"
 
     @property
+    def munge_socket(self) -> Path:
+        return self.root / "munge" / "munge.socket"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "log"
 
@@ -81,6 +85,8 @@ class LocalCluster:
         for sub in ("state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         r = self.root
+        # free ports: several clusters (test sessions) may run on one machine at once
+        ctld_port, slurmd_port = _free_ports(2)
         self.conf.write_text(
             "\n".join(
                 [
@@ -90,6 +96,12 @@ class LocalCluster:
                     "SlurmUser=root",
                     "SlurmdUser=root",
                     "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    # this cluster's own munged; a requeued job waits cred_expire + 1 s before it
+                    # may start again (default 120)
+                    f"AuthInfo=socket={self.munge_socket},cred_expire=10",
+                    f"SlurmctldPort={ctld_port}",
+                    f"SlurmdPort={slurmd_port}",
                     "ProctrackType=proctrack/linuxproc",
                     "TaskPlugin=task/none",
                     "SelectType=select/cons_tres",
@@ -123,23 +135,24 @@ class LocalCluster:
 
     # -- daemons -------------------------------------------------------------------------
     def _munge_ok(self) -> bool:
+        sock = f"--socket={self.munge_socket}"
         try:
-            cred = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
+            cred = subprocess.run(["munge", sock, "-n"], capture_output=True, timeout=10)
             if cred.returncode != 0:
                 return False
-            return subprocess.run(["unmunge"], input=cred.stdout, capture_output=True, timeout=10).returncode == 0
+            return subprocess.run(["unmunge", sock], input=cred.stdout, capture_output=True, timeout=10).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             return False
 
     def _start_munge(self) -> None:
-        if self._munge_ok():
-            return
-        MUNGE_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.chown(MUNGE_SOCKET_DIR, "munge", "munge") if _has_user("munge") else None
-        pid_file = self.root / "munged.pid"
+        """This cluster's own munged, on a socket in its directory, so that stopping it
+        disturbs no other cluster or system munged."""
+        self.munge_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.munge_socket.parent.chmod(0o755)
         # --force: munged refuses to start as root over a log directory it does not own otherwise.
         subprocess.run(
-            [_bin("munged"), "--force", f"--pid-file={pid_file}", f"--log-file={self.log_dir / 'munged.log'}"],
+            [_bin("munged"), "--force", f"--socket={self.munge_socket}", f"--pid-file={self.root / 'munged.pid'}",
+             f"--log-file={self.log_dir / 'munged.log'}", f"--seed-file={self.root / 'munge' / 'munged.seed'}"],
             check=True, capture_output=True, timeout=30,
         )
         _wait(self._munge_ok, 15, "munged to answer")
@@ -205,14 +218,17 @@ class LocalCluster:
             (self.root / f"{name}.pid").unlink(missing_ok=True)
 
 
-def _has_user(name: str) -> bool:
+def _free_ports(n: int) -> list[int]:
+    socks = []
     try:
-        import pwd
-
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Submit a sensdir multirun as one SLURM array, and its reduce as a job that waits for it.
+#
+#   launch/sweep.sh NAME [override ...]
+#
+# runs  python -m sensdir.run -m hydra/launcher=slurm run.name=NAME run.out_dir=$OUT_DIR override...
+# in the background (the "driver": it submits the array, waits for every task, requeues nothing
+# itself, and exits non-zero if a task failed; its log is <sweep dir>/driver.log), then submits
+#   python -m sensdir.status <sweep dir> && python -m sensdir.reduce $OUT_DIR/NAME
+# with --dependency=afterany:<array id>: it starts once every task of the array has ended
+# (requeued tasks included) and reduces only if every task is done; the reduce's own
+# completeness check then fails, naming the rows, if a shard is missing, corrupt or duplicated.
+#
+# Environment:
+#   PYTHON             interpreter (default: .venv/bin/python if present, else python)
+#   OUT_DIR            results root (default: results)
+#   REDUCE_DEPENDENCY  afterany (default) or afterok (reduce only if every task exited 0)
+#   REDUCE_ARGS        more arguments of sensdir.reduce, e.g. "--wandb offline"; with
+#                      --allow-partial the status gate is skipped
+#   REDUCE_SBATCH      sbatch options of the reduce job, e.g. "--partition=cpu --time=60 --mem=16G"
+#   NO_REDUCE=1        submit the sweep only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 1 ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+  exit 2
+fi
+NAME=$1
+shift
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python; fi
+fi
+OUT_DIR=${OUT_DIR:-results}
+SWEEP_DIR=$OUT_DIR/$NAME/hydra/$(date +%Y-%m-%d_%H-%M-%S)
+mkdir -p "$SWEEP_DIR"
+
+nohup "$PYTHON" -m sensdir.run -m hydra/launcher=slurm "run.name=$NAME" "run.out_dir=$OUT_DIR" \
+  "hydra.sweep.dir=$SWEEP_DIR" "$@" >"$SWEEP_DIR/driver.log" 2>&1 </dev/null &
+DRIVER=$!
+echo "$DRIVER" >"$SWEEP_DIR/driver.pid"
+
+# submitit names each task's folder <array id>_<task index> as soon as the array is submitted
+ARRAY=
+for _ in $(seq 1 600); do
+  ARRAY=$(ls "$SWEEP_DIR/.submitit" 2>/dev/null | sed -n 's/^\([0-9][0-9]*\)_[0-9][0-9]*$/\1/p' | head -n 1 || true)
+  [ -n "$ARRAY" ] && break
+  if ! kill -0 "$DRIVER" 2>/dev/null; then
+    echo "launch: the sweep exited before submitting anything; $SWEEP_DIR/driver.log says:" >&2
+    tail -n 30 "$SWEEP_DIR/driver.log" >&2
+    exit 1
+  fi
+  sleep 1
+done
+if [ -z "$ARRAY" ]; then
+  echo "launch: no array submitted after 10 minutes; see $SWEEP_DIR/driver.log" >&2
+  exit 1
+fi
+N_TASKS=$(ls "$SWEEP_DIR/.submitit" | grep -c "^${ARRAY}_" || true)
+echo "sweep:  array $ARRAY, $N_TASKS task(s); driver pid $DRIVER, log $SWEEP_DIR/driver.log"
+
+if [ "${NO_REDUCE:-0}" != 1 ]; then
+  GATE="$PYTHON -m sensdir.status $SWEEP_DIR && "
+  case " ${REDUCE_ARGS:-} " in *" --allow-partial "*) GATE= ;; esac
+  # shellcheck disable=SC2086  # REDUCE_SBATCH is a list of options
+  REDUCE=$(sbatch --parsable --job-name="sensdir-reduce-$NAME" \
+    --dependency="${REDUCE_DEPENDENCY:-afterany}:$ARRAY" --kill-on-invalid-dep=yes \
+    --output="$OUT_DIR/$NAME/reduce-%j.log" ${REDUCE_SBATCH:-} \
+    --wrap="${GATE}$PYTHON -m sensdir.reduce $OUT_DIR/$NAME --no-progress ${REDUCE_ARGS:-}")
+  echo "reduce: job $REDUCE after ${REDUCE_DEPENDENCY:-afterany}:$ARRAY, log $OUT_DIR/$NAME/reduce-$REDUCE.log"
+fi
+echo "status: $PYTHON -m sensdir.status $OUT_DIR/$NAME"

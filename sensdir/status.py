@@ -1,0 +1,355 @@
+"""``python -m sensdir.status SWEEP_DIR [--json]``: which jobs and shards of a sweep are done,
+running or failed, and where a failed task's log is.
+
+SWEEP_DIR is ``<run.out_dir>/<run.name>`` (what the reduce reads) or one Hydra sweep directory
+under its ``hydra/``. Every SLURM task that ``hydra/launcher=slurm`` submitted has a folder
+``<sweep dir>/.submitit/<array id>_<task>/`` with the pickled submission (the job's overrides),
+its logs and, once it has ended, its result. From these, the shard files and ``squeue``:
+
+- ``done``: the shard's manifest is complete (docs/shards.md);
+- ``running`` / ``pending``: no complete manifest and SLURM still lists the task (a requeued
+  task is ``pending`` until it starts again);
+- ``failed``: the task ended with an error, or it is gone from ``squeue`` without a complete
+  shard (killed, out of memory, node failure); the line names its stderr log;
+- ``unknown``: as failed, but ``squeue`` could not be asked.
+
+Shards of jobs that ran without SLURM (``hydra/launcher=local``) are listed from their files:
+``done`` or ``incomplete`` (a plan without a complete manifest). Exit status: 0 when every task
+and shard is done, 1 when one failed, 3 when some are still running or pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from sensdir.shards import is_complete, plan_path, shard_paths, shard_stem
+
+_TASK_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
+_STEM = re.compile(r"^shard-(\d+)-of-(\d+)$")
+STATES = ("done", "running", "pending", "failed", "unknown", "incomplete")
+
+
+@dataclass
+class TaskStatus:
+    """One SLURM task (one job of the multirun), or one shard seen only on disk (task_id None)."""
+
+    state: str
+    task_id: str | None = None  # "<array id>_<index>"
+    job_num: int | None = None  # Hydra's job number in the multirun
+    overrides: list[str] = field(default_factory=list)  # the overrides that differ between tasks
+    job_key: str | None = None  # <direction>-<hash>: the job directory's name
+    shard: int | None = None
+    shards: int | None = None
+    job_dir: str | None = None
+    plan: bool = False  # the shard's plan file exists (the task got past its checks)
+    slurm_state: str | None = None  # what squeue says, if it lists the task
+    log_err: str | None = None
+    log_out: str | None = None
+    error: str | None = None
+
+    @property
+    def shard_name(self) -> str:
+        if self.job_key is None or self.shard is None:
+            return "?"
+        return f"{self.job_key}/s{self.shard}of{self.shards}"
+
+
+@dataclass
+class SweepStatus:
+    sweep_dir: Path
+    tasks: list[TaskStatus]
+    squeue_ok: bool
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(t.state for t in self.tasks)
+        return {s: c[s] for s in STATES if c[s]}
+
+    @property
+    def exit_code(self) -> int:
+        c = self.counts()
+        if c.get("failed") or c.get("unknown") or c.get("incomplete"):
+            return 1
+        if c.get("running") or c.get("pending"):
+            return 3
+        return 0
+
+    def by_state(self, state: str) -> list[TaskStatus]:
+        return [t for t in self.tasks if t.state == state]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sweep_dir": str(self.sweep_dir),
+            "counts": self.counts(),
+            "squeue_ok": self.squeue_ok,
+            "tasks": [{**asdict(t), "shard_name": t.shard_name} for t in self.tasks],
+        }
+
+    def render(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items()) or "nothing found"
+        lines = [f"{self.sweep_dir}: {len(self.tasks)} task(s)/shard(s): {counts}"]
+        if not self.squeue_ok:
+            lines.append("  (squeue could not be run: tasks without a result are 'unknown')")
+        width = max([len(t.task_id or "-") for t in self.tasks] + [4])
+        swidth = max([len(t.shard_name) for t in self.tasks] + [5])
+        lines.append(f"  {'TASK':<{width}}  {'STATE':<10}  {'SHARD':<{swidth}}  OVERRIDES")
+        for t in self.tasks:
+            state = t.state + ("*" if t.slurm_state and t.state in ("running", "pending") and t.plan else "")
+            lines.append(f"  {t.task_id or '-':<{width}}  {state:<10}  {t.shard_name:<{swidth}}  {' '.join(t.overrides)}")
+            if t.state in ("failed", "unknown", "incomplete"):
+                if t.error:
+                    lines.append(f"  {'':<{width}}    error: {t.error}")
+                if t.log_err:
+                    lines.append(f"  {'':<{width}}    log:   {t.log_err}")
+        if any(t.plan and t.state in ("running", "pending") for t in self.tasks):
+            lines.append("  (* the task had written its plan: it was computing its shard)")
+        return "\n".join(lines)
+
+
+# -- SLURM side ------------------------------------------------------------------------------
+def squeue_states(job_ids: Iterable[str]) -> dict[str, str] | None:
+    """``{"<array>_<index>": state}`` for the arrays given, one line per task; None if squeue fails."""
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    if not arrays:
+        return {}
+    try:
+        res = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        # squeue fails for job ids it no longer knows (all finished long ago): ask without -j
+        if "Invalid job id" not in res.stderr:
+            return None
+        try:
+            res = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if res.returncode != 0:
+            return None
+    out = {}
+    for line in res.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if jid:
+            out[jid] = state
+    return out
+
+
+@dataclass
+class _Task:
+    task_id: str
+    folder: Path
+
+    def file(self, suffix: str) -> Path:
+        return self.folder / f"{self.task_id}{suffix}"
+
+
+def find_tasks(sweep_dir: Path) -> list[_Task]:
+    """The submitit task folders under ``sweep_dir`` (``.submitit/<array>_<index>/``)."""
+    out = []
+    for sub in sorted(sweep_dir.rglob(".submitit")):
+        for d in sub.iterdir():
+            m = _TASK_DIR.match(d.name)
+            if d.is_dir() and m and (d / f"{d.name}_submitted.pkl").exists():
+                out.append(_Task(d.name, d))
+    return sorted(out, key=lambda t: tuple(int(x) for x in t.task_id.split("_")))
+
+
+def _load_submission(task: _Task):
+    from submitit.helpers import DelayedSubmission
+
+    return DelayedSubmission.load(task.file("_submitted.pkl"))
+
+
+def _compose(delayed) -> tuple[Any, str | None]:
+    """The task's ``SensdirConfig`` as its SLURM task composes it, or (None, why not).
+
+    First with the config store pickled at submission (exactly what the task sees), then, if
+    that fails (e.g. the code's schemas changed since), with this process's own."""
+    from hydra.core.singleton import Singleton
+    from omegaconf import open_dict
+
+    from sensdir.config import register_configs, to_config
+
+    launcher, args = delayed.function, delayed.args
+    own_state = Singleton.get_state()
+    error = None
+    for state in (args[4], None):
+        try:
+            if state is None:
+                Singleton.set_state(own_state)
+                register_configs()
+            else:
+                Singleton.set_state(state)
+            cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(args[0]))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            return to_config(cfg), None
+        except Exception as e:  # noqa: BLE001 - an invalid config is that task's failure
+            error = error or f"{type(e).__name__}: {e}".strip()
+        finally:
+            Singleton.set_state(own_state)
+    return None, error
+
+
+def _driver_cwd(delayed) -> Path:
+    try:
+        return Path(delayed.function.config.hydra.runtime.cwd)
+    except Exception:  # noqa: BLE001
+        return Path.cwd()
+
+
+def _read_result(task: _Task) -> tuple[str, str | None] | None:
+    """("ok", None) / ("failed", message) from the task's result pickle; None if it has none."""
+    path = task.file("_0_result.pkl")
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            kind, value = pickle.load(f)
+    except Exception as e:  # noqa: BLE001 - an unreadable result is a failure to report
+        return "failed", f"unreadable result {path}: {e}"
+    if kind != "success":
+        return "failed", _last_error_line(str(value))
+    status = getattr(value, "status", None)
+    if status is not None and status.name == "FAILED":
+        err = getattr(value, "_return_value", None)
+        return "failed", f"{type(err).__name__}: {err}" if err is not None else "failed"
+    return "ok", None
+
+
+def _last_error_line(text: str) -> str | None:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("sensdir: error:"):
+            return ln
+    for ln in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln) or "Error:" in ln:
+            return ln
+    return lines[-1] if lines else None
+
+
+def _varying(overrides: list[list[str]]) -> set[str]:
+    """Override keys whose value differs between tasks (the swept ones)."""
+    dicts = [dict(o.split("=", 1) if "=" in o else (o, "") for o in ovs) for ovs in overrides]
+    keys = set().union(*dicts) if dicts else set()
+    varying = {k for k in keys if len({d.get(k) for d in dicts}) > 1}
+    return varying or {k for k in keys if k.lstrip("+~") in ("direction", "run.shard")}
+
+
+# -- the view --------------------------------------------------------------------------------
+def sweep_status(sweep_dir: str | Path, squeue: dict[str, str] | None | bool = True) -> SweepStatus:
+    """The status of every task and shard under ``sweep_dir``. ``squeue``: True to ask SLURM,
+    or a ready ``{task id: state}`` (tests), or None for "SLURM not reachable"."""
+    from sensdir.job import config_hash, job_dir
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"no sweep directory {sweep_dir}")
+    tasks = find_tasks(sweep_dir)
+    live = squeue_states(t.task_id for t in tasks) if squeue is True else squeue
+    out: list[TaskStatus] = []
+    subs = []
+    for task in tasks:
+        try:
+            subs.append(_load_submission(task))
+        except Exception:  # noqa: BLE001
+            subs.append(None)
+    all_overrides = [list(s.args[0]) if s is not None else [] for s in subs]
+    varying = _varying([o for o in all_overrides if o])
+    seen_shards: set[tuple[str, int, int]] = set()
+    for task, sub, ovs in zip(tasks, subs, all_overrides):
+        st = TaskStatus(state="unknown", task_id=task.task_id, overrides=[o for o in ovs if o.partition("=")[0] in varying])
+        st.log_err, st.log_out = str(task.file("_0_log.err")), str(task.file("_0_log.out"))
+        cfg, compose_error = (None, "unreadable submission") if sub is None else _compose(sub)
+        if sub is not None:
+            st.job_num = sub.args[2]
+        complete = False
+        if cfg is not None:
+            jdir = job_dir(cfg)
+            if not jdir.is_absolute():  # relative to where the sweep was started
+                jdir = _driver_cwd(sub) / jdir
+            st.job_key, st.shard, st.shards, st.job_dir = jdir.name, cfg.run.shard, cfg.run.shards, str(jdir)
+            st.plan = plan_path(jdir, cfg.run.shard, cfg.run.shards).exists()
+            complete = is_complete(jdir, cfg.run.shard, cfg.run.shards, config_hash(cfg))
+            seen_shards.add((str(jdir), cfg.run.shard, cfg.run.shards))
+        result = _read_result(task)
+        st.slurm_state = None if live is None else live.get(task.task_id)
+        if complete:  # also where a later rerun of the sweep completed this task's shard
+            st.state = "done"
+        elif result is not None and result[0] == "failed":
+            st.state, st.error = "failed", result[1] or _log_error(task)
+        elif st.slurm_state is not None:
+            st.state = "running" if st.slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING") else "pending"
+        elif result is not None and result[0] == "ok":
+            st.state, st.error = "failed", "the task ended but its shard is not complete"
+        else:
+            st.state = "unknown" if live is None else "failed"
+            st.error = compose_error or _log_error(task) or "no result: the task was killed or lost (see its log)"
+        if st.state == "failed" and compose_error and not st.error:
+            st.error = compose_error
+        out.append(st)
+    out += _disk_only_shards(sweep_dir, seen_shards)
+    return SweepStatus(sweep_dir, out, squeue_ok=live is not None)
+
+
+def _log_error(task: _Task) -> str | None:
+    try:
+        return _last_error_line(task.file("_0_log.err").read_text(errors="replace")[-20000:])
+    except OSError:
+        return None
+
+
+def _disk_only_shards(sweep_dir: Path, seen: set[tuple[str, int, int]]) -> list[TaskStatus]:
+    """Shards with a plan or a manifest that no submitit task accounts for (local runs)."""
+    out = []
+    stems: dict[tuple[str, int, int], Path] = {}
+    for f in list(sweep_dir.rglob("shard-*.plan.json")) + list(sweep_dir.rglob("shard-*.manifest.json")):
+        m = _STEM.match(f.name.split(".", 1)[0])
+        if m:
+            stems.setdefault((str(f.parent), int(m.group(1)), int(m.group(2))), f.parent)
+    for (jdir, shard, shards), d in sorted(stems.items()):
+        if (jdir, shard, shards) in seen:
+            continue
+        manifest_path = shard_paths(d, shard, shards)[1]
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            manifest = None
+        done = bool(manifest) and is_complete(d, shard, shards, manifest.get("config_hash", ""))
+        out.append(
+            TaskStatus(
+                state="done" if done else "incomplete",
+                job_key=d.name, shard=shard, shards=shards, job_dir=jdir,
+                plan=plan_path(d, shard, shards).exists(),
+                error=None if done else f"{shard_stem(shard, shards)}: plan without a complete manifest",
+            )
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sensdir.status", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", help="results/<run.name>, or one Hydra sweep dir under its hydra/")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    a = p.parse_args(argv)
+    try:
+        status = sweep_status(a.sweep_dir)
+    except FileNotFoundError as e:
+        print(f"sensdir.status: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(status.to_dict(), indent=2) if a.json else status.render())
+    return status.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
