@@ -1,0 +1,312 @@
+"""``ioi_supervised``: supervised (mean-code) dictionaries for IOI against the SAE, METHODS §7
+[M24] (Makelov, Lange, Nanda 2024).
+
+Prompts: IOI sentences in patterns ABB (``io_pos=0``) and BAB (``io_pos=1``) with attributes
+``io``, ``s``, ``io_pos`` (:mod:`sensdir.ioi_templates`): on the embedded model from the
+generator it was trained on, on GPT-2 small from the templates written for it. They are split
+by unordered name pair into train (dictionary, SAE latent choice) and test (every score).
+
+Site: ``site.hook`` (by default the SAE's hook), last position (END, where IO is predicted).
+``a`` is the clean activation there; every intervention replaces only that vector.
+
+Scores on the test prompts (LD = logit(IO) - logit(S) at END, names scored by their first token):
+
+* ``ld=<method>``: the mean LD with ``a`` replaced by: ``clean`` (a itself), ``mean_ablation``
+  (u0), ``supervised`` (``u0 + sum_attr u_{attr,v(p)}``), ``sae`` (``SAE(a)``); column
+  ``ld_recovered = |LD_x - LD_meanabl| / |LD_clean - LD_meanabl|`` of the mean LDs, and
+  ``fvu``, the replacement's fraction of variance unexplained over the test activations
+  (sum ||a - a_x||^2 / sum ||a - mean(a)||^2).
+* ``edit=<attr>/<method>``: each test prompt p gets a counterfactual p' with ``attr`` changed
+  to another value v' (another name, different from both of p's names; or the other pattern),
+  the rest of the sentence kept. Methods that replace ``a``: ``clean`` (nothing: the floor),
+  ``patch`` (the activation of p' itself: the best any edit at this site can do),
+  ``supervised`` (``a - u_{attr,v} + u_{attr,v'}``), ``sae`` (below). Columns:
+  ``agree_cf`` fraction of prompts whose edited top-1 token equals the top-1 token of the
+  counterfactual prompt p' run clean; ``agree_cf_names`` the same with the argmax taken over
+  the names of p and p' only; ``agree_patch`` top-1 agreement with the ``patch`` run;
+  ``kl_cf`` mean KL(p' run || edited run) over the vocabulary. Changing ``s`` or ``io_pos``
+  does not change the IO, so for them the counterfactual prompt predicts what p does and
+  ``clean`` already agrees: read those rows against ``clean`` and ``patch``.
+* SAE edits: for every value v, the ``sae_k`` latents with the best F1 of "latent active" as a
+  classifier of "attr = v" on the train prompts; an edit v -> v' sets v's latents to 0 and v''s
+  latents to their mean activation over train prompts with v', and adds the change of the
+  decoder output to ``a`` (``a + dec(f') - dec(f)``: the SAE error is kept).
+* ``f1=<attr>:<value>``: the best latent for that value, its F1, precision, recall, the
+  number of train prompts with the value (``n``) and ``f1_trivial`` = 2p/(1+p), the F1 of a
+  latent active everywhere (p = the value's base rate; 0.67 for ``io_pos``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from sensdir.directions.sae_recon import sae_decode, sae_encode
+from sensdir.directions.supervised import MeanCodeDictionary, PromptRuns, latent_f1, ld_recovered, name_token
+from sensdir.ioi_templates import (
+    ATTRIBUTES,
+    attribute_value,
+    attribute_values,
+    counterfactual,
+    ioi_source,
+    other_value,
+    pair_split,
+    resolve_source,
+    sample_prompts,
+)
+from sensdir.studies.base import STUDIES, Study, StudyConfig
+
+METHODS_LD = ("clean", "mean_ablation", "supervised", "sae")
+METHODS_EDIT = ("clean", "patch", "supervised", "sae")
+COLUMNS = ("row_key", "kind", "attribute", "value", "method", "sae", "hook", "ld", "ld_recovered", "fvu", "agree_cf",
+           "agree_cf_names", "agree_patch", "kl_cf", "latent", "latents", "f1", "f1_trivial", "precision", "recall", "n")
+
+
+@dataclass(frozen=True)
+class IoiSupervisedConfig(StudyConfig):
+    name: str = "ioi_supervised"
+    prompts: str = "auto"  # embedded | gpt2 | auto (gpt2 for GPT-2 models, else embedded)
+    templates: tuple[int, ...] = ()  # template indices; () = the embedded training templates / all GPT-2 ones
+    custom_templates: tuple[str, ...] = ()  # replace the templates ({A} {B} {S} {place} {object})
+    names: tuple[str, ...] = ()  # replace the source's names
+    attributes: tuple[str, ...] = ATTRIBUTES  # those the dictionary has (and that are edited)
+    n_prompts: int = 3000  # IOI prompts, train + test
+    test_frac: float = 0.2  # fraction of name pairs held out for scoring
+    n_edit: int = 0  # test prompts edited per attribute (0 = all)
+    sae_k: int = 1  # latents per value in SAE edits
+    prepend_bos: bool = True
+    batch: int = 256
+
+
+def _f1_trivial(p: float) -> float:
+    """F1 of a latent active on every prompt, for a value of base rate p: 2p / (1 + p)."""
+    return 2 * p / (1 + p)
+
+
+def _kl(p_logits, q_logits):
+    lp, lq = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+@STUDIES.register("ioi_supervised", IoiSupervisedConfig)
+class IoiSupervised(Study):
+    summary_section = "ioi_supervised"
+
+    def __init__(self, cfg: IoiSupervisedConfig, ctx):
+        super().__init__(cfg, ctx)
+        bad = [a for a in cfg.attributes if a not in ATTRIBUTES]
+        if bad or not cfg.attributes:
+            raise ValueError(f"study.attributes {list(cfg.attributes)} must be a non-empty subset of {', '.join(ATTRIBUTES)}")
+        if cfg.n_prompts < 10 or not 0 < cfg.test_frac < 1 or cfg.sae_k < 1 or cfg.batch < 1 or cfg.n_edit < 0:
+            raise ValueError("study.n_prompts >= 10, 0 < study.test_frac < 1, study.sae_k >= 1, study.batch >= 1 and study.n_edit >= 0 are required")
+        self.src = ioi_source(resolve_source(cfg.prompts, ctx.model), cfg.templates, cfg.custom_templates, cfg.names)
+
+    def planned_keys(self) -> list[str]:
+        keys = [f"ld={m}" for m in METHODS_LD]
+        keys += [f"edit={a}/{m}" for a in self.cfg.attributes for m in METHODS_EDIT]
+        keys += [f"f1={a}:{v}" for a in self.cfg.attributes for v in attribute_values(self.src, a)]
+        return keys
+
+    @torch.inference_mode()
+    def run(self) -> dict[str, list]:
+        ctx, cfg, src = self.ctx, self.cfg, self.src
+        model, site, sae = ctx.model, ctx.site, ctx.sae
+        exs = sample_prompts(src, cfg.n_prompts, ctx.seed)
+        tr_idx, te_idx = pair_split(exs, cfg.test_frac, ctx.seed)
+        if not tr_idx or not te_idx:
+            raise ValueError("the train/test split by name pair left one side empty; raise study.n_prompts")
+        train, test = [exs[i] for i in tr_idx], [exs[i] for i in te_idx]
+        runs = lambda xs: PromptRuns(model, site, [e.prompt for e in xs], cfg.batch, cfg.prepend_bos)  # noqa: E731
+        attrs = cfg.attributes
+
+        # the dictionary, fitted on train prompts
+        a_tr = runs(train).site_last()
+        lab_tr = {a: [attribute_value(e, a) for e in train] for a in attrs}
+        dic = MeanCodeDictionary.fit(a_tr, lab_tr)
+
+        # SAE latents per attribute value (train)
+        f_tr = torch.cat([sae_encode(sae, a_tr[i : i + cfg.batch]) for i in range(0, len(a_tr), cfg.batch)]).float()
+        active = f_tr > 0
+        best: dict[tuple[str, str], dict] = {}
+        for a in attrs:
+            for v in attribute_values(src, a):
+                pos = torch.tensor([x == v for x in lab_tr[a]], device=f_tr.device)
+                f1, prec, rec = latent_f1(active, pos)
+                top = torch.topk(f1, min(cfg.sae_k, f1.numel())).indices
+                mean_act = f_tr[pos][:, top].mean(0) if pos.any() else torch.zeros(len(top), device=f_tr.device)
+                best[(a, v)] = {"latents": top, "mean": mean_act, "f1": float(f1[top[0]]), "precision": float(prec[top[0]]),
+                                "recall": float(rec[top[0]]), "n": int(pos.sum()),
+                                "f1_trivial": _f1_trivial(float(pos.float().mean()))}
+
+        # LD recovered (test)
+        test_runs = runs(test)
+        io_tok = torch.tensor([name_token(model, e.io)[0] for e in test])
+        s_tok = torch.tensor([name_token(model, e.s)[0] for e in test])
+        clean_logits, a_te = test_runs.logits()
+        rows_idx = torch.arange(len(test))
+
+        def mean_ld(logits):
+            lg = logits.float().cpu()
+            return float((lg[rows_idx, io_tok] - lg[rows_idx, s_tok]).mean())
+
+        lab_te = {a: [attribute_value(e, a) for e in test] for a in attrs}
+        missing = {(a, v) for a in attrs for v in lab_te[a] if v not in dic.codes[a]}
+        if missing:
+            raise ValueError(f"no train prompt has {sorted(missing)[:3]}...; raise study.n_prompts")
+        repl = {
+            "mean_ablation": dic.u0_D.expand(len(test), -1),
+            "supervised": dic.reconstruct(lab_te),
+            "sae": torch.cat([sae_decode(sae, sae_encode(sae, a_te[i : i + cfg.batch])) for i in range(0, len(a_te), cfg.batch)]),
+        }
+        ld = {"clean": mean_ld(clean_logits)}
+        for m, r in repl.items():
+            ld[m] = mean_ld(test_runs.logits(r)[0])
+        # fraction of variance unexplained by each replacement, over the test activations
+        a64 = a_te.double()
+        var = float(((a64 - a64.mean(0)) ** 2).sum())
+        fvu = {m: float(((a64 - r.double().to(a64.device)) ** 2).sum()) / var for m, r in repl.items()}
+        fvu["clean"] = 0.0
+
+        out = {c: [] for c in COLUMNS}
+        sae_name = ctx.cfg.sae.path or f"{ctx.cfg.sae.release}/{ctx.cfg.sae.sae_id}"
+
+        def add(**kw):
+            for c in COLUMNS:
+                out[c].append(kw.get(c))
+
+        common = dict(sae=sae_name, hook=site.hook)
+        for m in METHODS_LD:
+            add(row_key=f"ld={m}", kind="ld", method=m, ld=ld[m], n=len(test), fvu=fvu[m],
+                ld_recovered=ld_recovered(ld[m], ld["clean"], ld["mean_ablation"]), **common)
+
+        # edits (test)
+        n_edit = len(test) if cfg.n_edit == 0 else min(cfg.n_edit, len(test))
+        sub = list(range(n_edit))
+        for a in attrs:
+            rng = random.Random(f"ioi-edit:{ctx.seed}:{a}")
+            src_vals = [lab_te[a][i] for i in sub]
+            # the new value is drawn among those the train prompts gave a code to
+            draw_src = src if a == "io_pos" else replace(src, names=tuple(n for n in src.names if n in dic.codes[a]))
+            to_vals = [other_value(draw_src, test[i], a, rng) for i in sub]
+            cfs = [counterfactual(src, test[i], a, v) for i, v in zip(sub, to_vals)]
+            cf_logits, a_cf = runs(cfs).logits()
+            base_runs = test_runs if n_edit == len(test) else runs(test[:n_edit])
+            a0 = a_te[:n_edit]
+            edited = {"patch": a_cf}
+            edited["supervised"] = dic.edit(a0, a, src_vals, to_vals)
+            f = torch.cat([sae_encode(sae, a0[i : i + cfg.batch]) for i in range(0, n_edit, cfg.batch)]).float()
+            f_new = f.clone()
+            for i, (v, w) in enumerate(zip(src_vals, to_vals)):
+                f_new[i, best[(a, v)]["latents"]] = 0
+                bw = best[(a, w)]
+                f_new[i, bw["latents"]] = bw["mean"]
+            dec = lambda z: torch.cat([sae_decode(sae, z[i : i + cfg.batch]) for i in range(0, n_edit, cfg.batch)]).float()  # noqa: E731
+            edited["sae"] = (a0.float() + (dec(f_new) - dec(f)).to(a0.device)).to(a0.dtype)
+            logits = {"clean": clean_logits[:n_edit]}
+            for m, r in edited.items():
+                logits[m] = base_runs.logits(r)[0]
+            # candidate names: those of p and p'
+            cand = [sorted({name_token(model, n)[0] for n in (test[i].io, test[i].s, c.io, c.s)}) for i, c in zip(sub, cfs)]
+            top_cf = cf_logits.argmax(-1).cpu()
+            top_patch = logits["patch"].argmax(-1).cpu()
+
+            def name_argmax(lg):
+                lg = lg.float().cpu()
+                return torch.tensor([c[int(lg[i, c].argmax())] for i, c in enumerate(cand)])
+
+            cf_names = name_argmax(cf_logits)
+            for m in METHODS_EDIT:
+                lg = logits[m]
+                top = lg.argmax(-1).cpu()
+                add(row_key=f"edit={a}/{m}", kind="edit", attribute=a, method=m, n=n_edit,
+                    agree_cf=float((top == top_cf).float().mean()),
+                    agree_cf_names=float((name_argmax(lg) == cf_names).float().mean()),
+                    agree_patch=float((top == top_patch).float().mean()),
+                    kl_cf=float(_kl(cf_logits, lg).mean()), **common)
+
+        for a in attrs:
+            for v in attribute_values(src, a):
+                b = best[(a, v)]
+                add(row_key=f"f1={a}:{v}", kind="f1", attribute=a, value=v, method="sae", latent=int(b["latents"][0]),
+                    latents=[int(x) for x in b["latents"]], f1=b["f1"], f1_trivial=b["f1_trivial"], precision=b["precision"], recall=b["recall"],
+                    n=b["n"], **common)
+        return out
+
+    @classmethod
+    def summarize(cls, tables, out_dir: Path):
+        rows, jobs = [], []
+        for manifest, table in tables:
+            recs = table.to_pylist()
+            if not recs:
+                continue
+            sae, hook = recs[0]["sae"], recs[0]["hook"]
+            jobs.append((sae, hook, recs))
+
+            def tidy(metric, statistic, value, n):
+                rows.append({"section": "ioi_supervised", "direction": None, "schedule": None, "sae": sae, "hook": hook,
+                             "metric": metric, "statistic": statistic, "x": None,
+                             "value": None if value is None else float(value), "n": None if n is None else int(n)})
+
+            for r in recs:
+                if r["kind"] == "ld":
+                    tidy("ld", r["method"], r["ld"], r["n"])
+                    if r["method"] in ("supervised", "sae"):
+                        tidy("ld_recovered", r["method"], r["ld_recovered"], r["n"])
+                        tidy("fvu", r["method"], r["fvu"], r["n"])
+                elif r["kind"] == "edit":
+                    for col in ("agree_cf", "agree_cf_names", "agree_patch", "kl_cf"):
+                        tidy(f"edit_{col}/{r['attribute']}", r["method"], r[col], r["n"])
+            for a in sorted({r["attribute"] for r in recs if r["kind"] == "f1"}):
+                f1s = [r["f1"] for r in recs if r["kind"] == "f1" and r["attribute"] == a and r["n"]]
+                if f1s:
+                    tidy(f"best_f1/{a}", "mean", sum(f1s) / len(f1s), len(f1s))
+                    tidy(f"best_f1/{a}", "min", min(f1s), len(f1s))
+                    tidy(f"best_f1/{a}", "max", max(f1s), len(f1s))
+                    triv = [r["f1_trivial"] for r in recs if r["kind"] == "f1" and r["attribute"] == a and r["n"]]
+                    tidy(f"best_f1/{a}", "trivial_mean", sum(triv) / len(triv), len(triv))
+        if not jobs:
+            return rows, {}
+        return rows, {"ioi_supervised": _figure(jobs, Path(out_dir))}
+
+
+def _figure(jobs, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(len(jobs), 3, figsize=(14, 3.4 * len(jobs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.5, 2.5, 1.3]})
+    colors = {"clean": "#bbbbbb", "patch": "#555555", "supervised": "#1f77b4", "sae": "#ff7f0e"}
+    panels = (("agree_cf_names", "agreement with p' (top name)"), ("agree_patch", "agreement with patching p'"))
+    for (sae, hook, recs), row in zip(jobs, axes):
+        edits = [r for r in recs if r["kind"] == "edit"]
+        attrs = list(dict.fromkeys(r["attribute"] for r in edits))
+        x = np.arange(len(attrs))
+        w = 0.8 / len(METHODS_EDIT)
+        for ax, (col, ylabel) in zip(row[:2], panels):
+            for j, m in enumerate(METHODS_EDIT):
+                vals = [next((r[col] for r in edits if r["attribute"] == a and r["method"] == m), np.nan) for a in attrs]
+                ax.bar(x + (j - (len(METHODS_EDIT) - 1) / 2) * w, vals, w, label=m, color=colors[m])
+            ax.set_xticks(x, attrs)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"edits at {hook} ({sae})", fontsize=8)
+        row[0].legend(fontsize=7, ncols=4, loc="upper center")
+        ax2 = row[2]
+        lds = {r["method"]: r["ld_recovered"] for r in recs if r["kind"] == "ld"}
+        ms = ["supervised", "sae"]
+        ax2.bar(ms, [lds.get(m, np.nan) for m in ms], color=[colors[m] for m in ms])
+        ax2.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax2.set_ylabel("logit diff recovered")
+        ax2.set_title("reconstruction vs mean ablation", fontsize=9)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "ioi_supervised.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
