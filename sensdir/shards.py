@@ -108,6 +108,20 @@ def build_plain_table(columns: dict[str, list], metadata: dict[str, Any]) -> pa.
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def open_sweep(sweep_dir: str | Path):
+    """All walk shards of a sweep as one ``pyarrow.dataset`` (Hydra's logs, reduce outputs
+    and study tables beside them are left out)."""
+    import pyarrow.dataset as ds
+
+    files = [
+        str(p) for p in sorted(Path(sweep_dir).glob("*/shard-*.parquet"))
+        if json.loads((pq.read_schema(p).metadata or {}).get(b"sensdir", b"{}")).get("kind", "walk") == "walk"
+    ]
+    if not files:
+        raise FileNotFoundError(f"no walk shards under {sweep_dir}/*/")
+    return ds.dataset(files, format="parquet")
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())

@@ -144,3 +144,16 @@ def test_all_positions_mode_writes_one_row_per_prompt_with_per_position_facts(ti
         assert r["kl"][0] == 0.0 and r["kl"][-1] > 0
         assert len(r["source_index"]) == cfg.data.n_ctx  # one target per position
         assert len(set(r["source_index"])) > 1
+
+
+def test_open_sweep_reads_every_walk_shard_and_nothing_else(tiny_cfg):
+    from sensdir.shards import open_sweep
+
+    run_job(tiny_cfg)
+    run_job(with_(tiny_cfg, direction=RandomConfig()))
+    sweep = Path(tiny_cfg.run.out_dir) / tiny_cfg.run.name
+    (sweep / "hydra").mkdir()
+    (sweep / "hydra" / "run.log").write_text("not parquet")
+    t = open_sweep(sweep).to_table(columns=["direction"])
+    assert sorted(set(t.column("direction").to_pylist())) == ["random", "real"]
+    assert t.num_rows == 2 * tiny_cfg.data.n_prompts
