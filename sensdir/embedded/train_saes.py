@@ -85,11 +85,11 @@ class SaeSpec:
 FAMILY: dict[str, tuple[SaeSpec, ...]] = {
     site: (
         SaeSpec("l1-sparse", "standard", l1_coefficient=4.0),
-        SaeSpec("l1-mid", "standard", l1_coefficient=2.0),
-        SaeSpec("l1-dense", "standard", l1_coefficient=1.0),
+        SaeSpec("l1-mid", "standard", l1_coefficient=2.5),
+        SaeSpec("l1-dense", "standard", l1_coefficient=1.4),
         SaeSpec("topk-16", "topk", k=16),
         SaeSpec("topk-48", "topk", k=48),
-        SaeSpec("gated", "gated", l1_coefficient=6.0),
+        SaeSpec("gated", "gated", l1_coefficient=3.0),
     )
     for site in SITES
 }
@@ -411,11 +411,25 @@ ARCH_NOTES = {
     "gated": (
         "sae_lens 'gated': gate path W_enc+b_gate, magnitude path W_enc*exp(r_mag)+b_mag. "
         "Training loss = MSE + l1 * sum_i ReLU(pi_gate,i) * ||W_dec,i|| + aux MSE of ReLU(pi_gate) @ W_dec + b_dec. "
-        "Differs from Rajamanoharan et al. 2024: the auxiliary reconstruction uses the live "
-        "(not stop-gradient) W_dec and b_dec, and the sparsity penalty is weighted by decoder row norms "
-        "(decoder rows are not constrained to unit norm)."
+        "Differs from the loss of Rajamanoharan et al. 2024 (checked in sae_lens 6.54.12's gated_sae.py): "
+        "the auxiliary reconstruction uses the live W_dec and b_dec (no stop-gradient / frozen copy), "
+        "and the sparsity penalty is weighted by the decoder row norms (the paper's is the plain L1 of "
+        "ReLU(pi_gate); sae_lens does not constrain decoder rows to unit norm)."
     ),
 }
+
+HP_NOTES = """How the settings were chosen (site blocks.1.hook_resid_pre, held-out L0 / FVU):
+
+* 400k-token runs: lr 1e-3, batch 2048: L1 2 -> 117 / 0.29, L1 4 -> 60 / 0.49, L1 8 -> 39 / 0.77,
+  gated 2 -> 169 / 0.12, gated 4 -> 86 / 0.21. lr 3e-3, batch 2048: L1 4 -> 22.8 / 0.42,
+  L1 8 -> 11.1 / 0.67. lr 1e-3, batch 1024: L1 4 -> 37.2 / 0.44, L1 8 -> 23.6 / 0.70.
+  lr 3e-3, batch 1024: L1 4 -> 16.8 / 0.41, L1 8 -> 6.8 / 0.64. With this few steps the SAEs
+  are step-limited, so the larger lr and the smaller batch were kept.
+* 1.2M-token runs with the final settings: L1 4 -> 11.0 / 0.40, L1 2 -> 35.5 / 0.25,
+  L1 1 -> 91.9 / 0.15, gated 6 -> 6.7 / 0.34; the shipped coefficients interpolate these
+  towards L0 ~ 10 / 25 / 60 (L1) and ~ 25 (gated).
+* The same coefficients are used at both sites (inputs are normalised to the same mean norm).
+"""
 
 CE_FORMULA = (
     "(CE_zero_ablation - CE_with_reconstruction) / (CE_zero_ablation - CE_clean); "
@@ -478,7 +492,10 @@ def write_cards(out_root: Path, family: dict[str, tuple[SaeSpec, ...]] | None = 
         f"d_sae = {c0['d_sae']} (4x), trained with sae_lens {c0['sae_lens_version']} `SAETrainer` on CPU.",
         "",
         *(
-            [f"Command: `{c0['command']}` (seed {c0['seed']}; deterministic on CPU with {c0['threads']} threads)."]
+            [
+                f"Command: `{c0['command']}` (seed {c0['seed']}; deterministic on CPU with {c0['threads']} threads; "
+                "`--act-cache DIR` only keeps the model's activations on disk between runs, the SAEs do not depend on it)."
+            ]
             if len({c["command"] for c in cards}) == 1
             else ["Commands (per SAE; each SAE's data and init depend only on the seed, site and name):"]
             + [f"* `{cmd}`" for cmd in sorted({c["command"] for c in cards})]
@@ -511,6 +528,7 @@ def write_cards(out_root: Path, family: dict[str, tuple[SaeSpec, ...]] | None = 
         )
     lines += [
         "",
+        HP_NOTES,
         "Architectures:",
         "",
         *[f"* **{k}**: {v}" for k, v in ARCH_NOTES.items()],
@@ -748,6 +766,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="directory to keep the activation buffers in, keyed by a hash of weights and tokens "
         "(reruns, e.g. with --only, then skip the model forward passes; results are identical)",
     )
+    p.add_argument(
+        "--cards-only",
+        action="store_true",
+        help="only rewrite index.json and CARDS.md from the card.json files under --out",
+    )
     p.add_argument("--smoke", action="store_true", help="random model + synthetic tokens, tiny sizes")
     p.add_argument(
         "--spec",
@@ -780,6 +803,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else ""
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.cards_only:
+        write_cards(out)
+        return 0
     family = None
     if a.spec:
         specs = tuple(parse_spec(x) for x in a.spec)
