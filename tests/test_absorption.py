@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import make_sae, with_
-from sensdir.directions.probe import LETTERS, FirstLetterTask, alpha_vocab, f1_score, fit_logistic, letter_probes
+from sensdir.directions.probe import LETTERS, alpha_vocab, f1_score, fit_logistic, letter_probes
 from sensdir.studies.absorption import (
     Absorption,
     AbsorptionConfig,

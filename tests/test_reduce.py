@@ -16,8 +16,8 @@ from sensdir.reduce import IncompleteSweepError, reduce_sweep
 from sensdir.reduce.__main__ import main as reduce_main
 from sensdir.reduce.completeness import check_completeness
 from sensdir.reduce.read import list_to_2d, read_sweep, value_at
-from sensdir.reduce.stats import bootstrap_mean_ci, ks_2samp, lookup, stats_table
-from sensdir.reduce.synthetic import JobSpec, job_key, make_sweep, write_job
+from sensdir.reduce.stats import bootstrap_mean_ci, ks_2samp, lookup
+from sensdir.reduce.synthetic import JobSpec, job_key, make_sweep
 
 FAKE_KEY = "fakewandbkey0123456789abcdef0123456789abcd"
 

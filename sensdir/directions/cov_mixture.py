@@ -34,13 +34,26 @@ from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Pro
 NATURAL_LENGTHS = ("none", "sae_error")
 
 
-def add_error_length(proposal: Proposal, direction: Direction, base_BD: Tensor) -> Proposal:
-    """Attach ``natural_length_B = ||SAE(A) - A||`` (and info ``error_norm``) to ``proposal``."""
-    e_BD, _ = sae_error(direction.ctx.sae, base_BD)
-    norm_B = e_BD.norm(dim=-1)
-    proposal.natural_length_B = like_base(norm_B, base_BD, direction.ctx.device)
-    proposal.info["error_norm"] = norm_B.float().cpu()
-    return proposal
+class ErrorLengthOption(Direction):
+    """Shared by the mixtures: ``natural_length="sae_error"`` attaches ||SAE(A) - A|| to
+    each unit direction, making it a scaled direction (a relative walk then ends exactly at
+    that length), for the error-pathology comparison [G24], [LH24]."""
+
+    @classmethod
+    def returns_for(cls, cfg) -> str:
+        return "scaled_direction" if cfg.natural_length == "sae_error" else "direction"
+
+    def __init__(self, cfg, ctx: DirectionContext):
+        super().__init__(cfg, ctx)
+        check_choice(cfg.name, "natural_length", cfg.natural_length, NATURAL_LENGTHS)
+
+    def with_error_length(self, proposal: Proposal, base_BD: Tensor) -> Proposal:
+        if self.cfg.natural_length == "sae_error":
+            e_BD, _ = sae_error(self.ctx.sae, base_BD)
+            norm_B = e_BD.norm(dim=-1)
+            proposal.natural_length_B = like_base(norm_B, base_BD, self.ctx.device)
+            proposal.info["error_norm"] = norm_B.float().cpu()
+        return proposal
 
 
 @dataclass(frozen=True)
@@ -53,18 +66,9 @@ class CovMixtureConfig(DirectionConfig):
 
 
 @DIRECTIONS.register("cov_mixture", CovMixtureConfig)
-class CovMixture(Direction):
+class CovMixture(ErrorLengthOption):
     returns = "direction"
-
-    @classmethod
-    def returns_for(cls, cfg) -> str:
-        # with the SAE error's length attached, a relative walk can go to exactly that length
-        return "scaled_direction" if cfg.natural_length == "sae_error" else "direction"
     cfg: CovMixtureConfig
-
-    def __init__(self, cfg: CovMixtureConfig, ctx: DirectionContext):
-        super().__init__(cfg, ctx)
-        check_choice("cov_mixture", "natural_length", cfg.natural_length, NATURAL_LENGTHS)
 
     def propose(
         self,
@@ -76,6 +80,4 @@ class CovMixture(Direction):
         s_2BD = self.ctx.stats.sample_gaussian(2 * B, gen).double()
         u_BD, norm_B = normalise_rows(s_2BD[:B] - s_2BD[B:])
         p = Proposal(unit_BD=like_base(u_BD, base_BD, self.ctx.device), info={"diff_norm": norm_B.float().cpu()})
-        if self.cfg.natural_length == "sae_error":
-            add_error_length(p, self, base_BD)
-        return p
+        return self.with_error_length(p, base_BD)

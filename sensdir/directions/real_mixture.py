@@ -23,8 +23,8 @@ from torch import Tensor
 
 from sensdir.config import DirectionConfig
 from sensdir.directions._common import like_base, check_choice, check_pool, draw_distinct_pool_pairs, normalise_rows
-from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
-from sensdir.directions.cov_mixture import NATURAL_LENGTHS, add_error_length
+from sensdir.directions.base import DIRECTIONS, DirectionContext, Proposal
+from sensdir.directions.cov_mixture import NATURAL_LENGTHS, ErrorLengthOption
 
 
 @dataclass(frozen=True)
@@ -37,18 +37,12 @@ class RealMixtureConfig(DirectionConfig):
 
 
 @DIRECTIONS.register("real_mixture", RealMixtureConfig)
-class RealMixture(Direction):
+class RealMixture(ErrorLengthOption):
     returns = "direction"
-
-    @classmethod
-    def returns_for(cls, cfg) -> str:
-        # with the SAE error's length attached, a relative walk can go to exactly that length
-        return "scaled_direction" if cfg.natural_length == "sae_error" else "direction"
     cfg: RealMixtureConfig
 
     def __init__(self, cfg: RealMixtureConfig, ctx: DirectionContext):
         super().__init__(cfg, ctx)
-        check_choice("real_mixture", "natural_length", cfg.natural_length, NATURAL_LENGTHS)
         check_pool("real_mixture", ctx.pool_PD, 2)
 
     def propose(
@@ -62,7 +56,4 @@ class RealMixture(Direction):
         diff_BD = pool_PD[i_B.to(pool_PD.device)].double() - pool_PD[j_B.to(pool_PD.device)].double()
         u_BD, norm_B = normalise_rows(diff_BD)
         info = {"source_index": i_B, "source_index_2": j_B, "diff_norm": norm_B.float().cpu()}
-        p = Proposal(unit_BD=like_base(u_BD, base_BD, self.ctx.device), info=info)
-        if self.cfg.natural_length == "sae_error":
-            add_error_length(p, self, base_BD)
-        return p
+        return self.with_error_length(Proposal(unit_BD=like_base(u_BD, base_BD, self.ctx.device), info=info), base_BD)

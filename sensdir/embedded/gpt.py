@@ -77,7 +77,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         # x: [batch, pos, d_model]
         B, T, _ = x.shape
-        h, dh = self.cfg.n_heads, self.cfg.d_head
+        dh = self.cfg.d_head
         q = torch.einsum("btd,hde->bhte", x, self.W_Q) + self.b_Q[None, :, None, :]
         k = torch.einsum("btd,hde->bhte", x, self.W_K) + self.b_K[None, :, None, :]
         v = torch.einsum("btd,hde->bhte", x, self.W_V) + self.b_V[None, :, None, :]
