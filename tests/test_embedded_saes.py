@@ -130,7 +130,7 @@ def test_index_covers_family():
     for site, d in l1.items():  # the three L1 SAEs are clearly different in sparsity
         assert d["l1-sparse"] < 0.75 * d["l1-mid"] and d["l1-mid"] < 0.75 * d["l1-dense"], (site, d)
     total = sum(p.stat().st_size for p in SAE_ROOT.rglob("*") if p.is_file())
-    assert total < 14e6, f"the SAE assets take {total / 1e6:.1f} MB"
+    assert total < 16e6, f"the SAE assets take {total / 1e6:.1f} MB"
 
 
 @needs_saes

@@ -9,7 +9,13 @@ family of d_sae = 1024 (4x) SAEs:
 
 * ``l1-sparse``, ``l1-mid``, ``l1-dense``  -- standard ReLU SAEs with an L1 penalty,
 * ``topk-16``, ``topk-48``                  -- TopK SAEs,
-* ``gated``                                 -- sae_lens's gated SAE.
+* ``gated``                                 -- sae_lens's gated SAE (sae_lens's gated loss),
+
+and, at ``blocks.1.hook_resid_pre`` only,
+
+* ``gated-paper-sparse``, ``gated-paper-mid`` -- the same gated SAE trained with the loss of
+  Rajamanoharan et al. 2024 (``sensdir.embedded.gated_paper``: frozen decoder in the auxiliary
+  term, plain L1 of ReLU(pi_gate), unit-norm decoder rows), at the same settings.
 
 Activations
     Prose of the corpus split (``sensdir.embedded.corpus``) is tokenized with the model's
@@ -68,6 +74,8 @@ from sensdir.embedded.sae_metrics import (
 ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "saes"
 SITES: tuple[str, ...] = ("blocks.1.hook_resid_pre", "blocks.3.hook_resid_pre")
 DEFAULT_SITE = SITES[0]
+GATED_PAPER_SPARSE_L1 = 5.3
+GATED_PAPER_MID_L1 = 3.3
 D_SAE = 1024
 MODEL_NAME = "sensdir-embedded"
 
@@ -78,6 +86,12 @@ class SaeSpec:
     architecture: str  # "standard" | "topk" | "gated"
     l1_coefficient: float | None = None
     k: int | None = None
+    loss: str = "sae_lens"  # "sae_lens" | "paper" (gated only: sensdir.embedded.gated_paper)
+
+    @property
+    def kind(self) -> str:
+        """``architecture``, or ``gated-paper`` for a gated SAE trained with the paper's loss."""
+        return "gated-paper" if self.loss == "paper" else self.architecture
 
 
 # L1 coefficients act on inputs scaled to mean norm sqrt(d_in) = 16 (sae_lens's L1 term is
@@ -93,6 +107,14 @@ FAMILY: dict[str, tuple[SaeSpec, ...]] = {
     )
     for site in SITES
 }
+# Gated SAEs with the paper's loss (blocks.1 only), appended so that the other SAEs' seeds
+# (which depend on the position in the family) are unchanged. lambda acts on the plain L1 of
+# ReLU(pi_gate) with unit-norm decoder rows, inputs scaled as above; aimed at L0 ~ 11 / 25
+# (the L1 SAEs l1-sparse / l1-mid).
+FAMILY[DEFAULT_SITE] = FAMILY[DEFAULT_SITE] + (
+    SaeSpec("gated-paper-sparse", "gated", l1_coefficient=GATED_PAPER_SPARSE_L1, loss="paper"),
+    SaeSpec("gated-paper-mid", "gated", l1_coefficient=GATED_PAPER_MID_L1, loss="paper"),
+)
 
 
 @dataclasses.dataclass
@@ -254,6 +276,7 @@ def _metadata(site: str, spec: SaeSpec, settings: TrainSettings, n_ctx: int):
         seqpos_slice=[1, None],
         sensdir_name=spec.name,
         sensdir_seed=settings.seed,
+        sensdir_loss=spec.loss,
         stored_weight_dtype="float16",
     )
 
@@ -278,6 +301,17 @@ def make_training_sae(spec: SaeSpec, site: str, d_in: int, steps: int, settings,
         metadata=_metadata(site, spec, settings, n_ctx),
     )
     warm = max(1, steps // 20)
+    if spec.architecture == "gated" and spec.loss == "paper":
+        from sensdir.embedded.gated_paper import PaperGatedTrainingSAE
+
+        # decoder rows start at unit norm (the paper's constraint); W_enc = W_dec^T as in sae_lens
+        return PaperGatedTrainingSAE(
+            GatedTrainingSAEConfig(
+                **common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm, decoder_init_norm=1.0
+            )
+        )
+    if spec.loss != "sae_lens":
+        raise ValueError(f"loss {spec.loss!r} is only available for gated SAEs")
     if spec.architecture == "standard":
         return StandardTrainingSAE(
             StandardTrainingSAEConfig(
@@ -334,6 +368,10 @@ def train_one(
     # the factor was measured on the whole buffer; preset so fit() does not re-estimate it
     # (it folds it into the weights at the end either way)
     trainer.activation_scaler.scaling_factor = scale
+    if spec.loss == "paper":
+        from sensdir.embedded.gated_paper import attach
+
+        attach(trainer)  # renormalise the decoder rows after every optimizer step
     trained = trainer.fit()
     return trained
 
@@ -416,6 +454,14 @@ ARCH_NOTES = {
         "and the sparsity penalty is weighted by the decoder row norms (the paper's is the plain L1 of "
         "ReLU(pi_gate); sae_lens does not constrain decoder rows to unit norm)."
     ),
+    "gated-paper": (
+        "the same gated SAE (sae_lens 'gated' on disk, loads as sae_lens GatedSAE) trained with the "
+        "loss of Rajamanoharan et al. 2024: MSE + l1 * ||ReLU(pi_gate)||_1 + aux MSE of "
+        "ReLU(pi_gate) @ W_dec.detach() + b_dec.detach() (frozen decoder: the aux term trains only the "
+        "gate path), decoder rows unit norm during training (gradient component parallel to each row "
+        "removed before the step, rows renormalised after it; in the shipped weights the rows have norm "
+        "1/input_scale_folded since the input scaling is folded in). sensdir.embedded.gated_paper."
+    ),
 }
 
 HP_NOTES = """How the settings were chosen (site blocks.1.hook_resid_pre, held-out L0 / FVU):
@@ -429,6 +475,9 @@ HP_NOTES = """How the settings were chosen (site blocks.1.hook_resid_pre, held-o
   L1 1 -> 91.9 / 0.15, gated 6 -> 6.7 / 0.34; the shipped coefficients interpolate these
   towards L0 ~ 10 / 25 / 60 (L1) and ~ 25 (gated).
 * The same coefficients are used at both sites (inputs are normalised to the same mean norm).
+* Gated, paper loss (blocks.1 only; lambda on the plain L1 of ReLU(pi_gate), unit-norm decoder
+  rows), 1.2M tokens, final settings: lambda 6 -> 9.0 / 0.317, lambda 3 -> 29.1 / 0.202; the
+  shipped 5.3 / 3.3 interpolate (log-log) towards the L0 of l1-sparse / l1-mid (~11 / ~25).
 """
 
 CE_FORMULA = (
@@ -469,6 +518,7 @@ def write_cards(out_root: Path, family: dict[str, tuple[SaeSpec, ...]] | None = 
             "name": c["name"],
             "path": c["path"],
             "architecture": c["architecture"],
+            "loss": c.get("loss", "sae_lens"),
             "d_sae": c["d_sae"],
             "k": c.get("k"),
             "l1_coefficient": c.get("l1_coefficient"),
@@ -520,8 +570,11 @@ def write_cards(out_root: Path, family: dict[str, tuple[SaeSpec, ...]] | None = 
     ]
     for c in cards:
         hp = f"k={c['k']}" if c.get("k") else f"l1={c['l1_coefficient']}"
+        arch = c["architecture"]
+        if arch == "gated":
+            arch += " (paper loss)" if c.get("loss") == "paper" else " (sae_lens loss)"
         lines.append(
-            f"| `{c['site']}` | {c['name']} | {c['architecture']} | {c['d_sae']} | {hp} | "
+            f"| `{c['site']}` | {c['name']} | {arch} | {c['d_sae']} | {hp} | "
             f"{c['training_tokens']:,} | {c['l0']:.1f} | {c['fvu']:.3f} | {c['ce_loss_recovered']:.3f} | "
             f"{c['gamma']:.3f} | {c['dead_fraction']:.3f} | "
             f"{c['ce_clean']:.3f} / {c['ce_zero_ablation']:.3f} / {c['ce_reconstruction']:.3f} |"
@@ -683,6 +736,11 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
                 "name": spec.name,
                 "path": f"{site}/{spec.name}",
                 "architecture": spec.architecture,
+                "loss": spec.loss,
+                "loss_notes": (
+                    ARCH_NOTES["gated-paper"] if spec.loss == "paper"
+                    else "sae_lens's training loss for this architecture"
+                ),
                 "k": spec.k,
                 "l1_coefficient": spec.l1_coefficient,
                 "d_in": int(sae.cfg.d_in),
@@ -710,7 +768,7 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
                 "command": command,
                 "data": data_desc,
                 "model_sha256": model_sha,
-                "architecture_notes": ARCH_NOTES[spec.architecture],
+                "architecture_notes": ARCH_NOTES[spec.kind],
                 "weights_dtype_on_disk": "float16",
                 "train_wall_s": round(train_wall, 1),
                 "train_cpu_s": round(train_cpu, 1),
@@ -743,6 +801,8 @@ def parse_spec(text: str) -> SaeSpec:
         return SaeSpec(name, arch, k=int(value))
     if arch in ("standard", "gated"):
         return SaeSpec(name, arch, l1_coefficient=float(value))
+    if arch == "gated-paper":
+        return SaeSpec(name, "gated", l1_coefficient=float(value), loss="paper")
     raise ValueError(f"unknown architecture {arch!r} in --spec {text!r}")
 
 
@@ -777,8 +837,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=None,
         metavar="NAME:ARCH:VALUE",
-        help="replace the family by these SAEs (repeatable; VALUE is the L1 coefficient for "
-        "standard/gated, k for topk), e.g. --spec l1-a:standard:3 --spec t8:topk:8",
+        help="replace the family by these SAEs (repeatable; ARCH is standard, topk, gated (sae_lens's "
+        "loss) or gated-paper (the paper's loss); VALUE is the L1 coefficient for standard/gated/"
+        "gated-paper, k for topk), e.g. --spec l1-a:standard:3 --spec t8:topk:8 --spec gp:gated-paper:4",
     )
     a = p.parse_args(argv)
     settings = TrainSettings(
