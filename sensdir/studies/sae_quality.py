@@ -84,11 +84,37 @@ class SaeQuality(Study):
 
     @classmethod
     def summarize(cls, tables, out_dir):
-        rows = []
+        rows, saes = [], []
         for manifest, table in tables:
             for r in table.to_pylist():
+                saes.append(r)
                 for stat in ("l0", "fvu", "gamma", "ce_loss_recovered", "dead_fraction"):
                     rows.append({"section": "sae_quality", "direction": None, "schedule": None, "sae": r["sae"],
                                  "hook": r["hook"], "metric": r["architecture"], "statistic": stat, "x": None,
                                  "value": float(r[stat]), "n": int(r["n_tokens"])})
-        return rows, {}
+        return rows, {"sae_quality": _quality_figure(saes, out_dir / "sae_quality.png")} if saes else {}
+
+
+def _quality_figure(saes: list[dict], path):
+    """Fidelity and shrinkage against sparsity, one point per SAE (the [R24] comparison)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in zip(axes, ("fvu", "ce_loss_recovered", "gamma"), ("FVU", "CE-loss recovered", "gamma (shrinkage < 1)")):
+        for arch in sorted({r["architecture"] for r in saes}):
+            pts = sorted((r["l0"], r[key], r["sae"].rsplit("/", 1)[-1]) for r in saes if r["architecture"] == arch)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=arch)
+            for x, y, name in pts:
+                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("L0")
+        ax.set_title(title)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
