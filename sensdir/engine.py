@@ -178,10 +178,25 @@ def walk_kl_(logits_wKV: Float[Tensor, "w K V"]) -> Float[Tensor, "w K"]:
     return (log_s_wK - log_s_wK[:, :1]) - (pz_wK - pz_wK[:, :1])
 
 
-def unembed(model, resid_ND: Float[Tensor, "N d"]) -> Float[Tensor, "N V"]:
-    """Logits of final residuals. (transformer_lens's Unembed copies the transposed W_U on
-    every call, which costs as much as the product itself for a few hundred rows.)"""
-    return torch.addmm(model.unembed.b_U, model.ln_final(resid_ND), model.unembed.W_U)
+def final_norm(model, resid_ND: Float[Tensor, "N d"]) -> Float[Tensor, "N d"]:
+    """``ln_final`` as one fused kernel where it is a LayerNorm (transformer_lens's module
+    takes several elementwise passes)."""
+    kind = model.cfg.normalization_type
+    if kind in ("LN", "LNPre"):
+        ln = model.ln_final
+        w, b = (ln.w, ln.b) if kind == "LN" else (None, None)
+        return torch.nn.functional.layer_norm(resid_ND, resid_ND.shape[-1:], w, b, model.cfg.eps)
+    return model.ln_final(resid_ND)
+
+
+def unembed(model, resid_ND: Float[Tensor, "N d"], out: Tensor | None = None) -> Float[Tensor, "N V"]:
+    """Logits of final residuals, into ``out`` if given. (transformer_lens's Unembed copies
+    the transposed W_U on every call, which costs as much as the product itself for a few
+    hundred rows; GPT-2's b_U is all zeros, and skipping it saves a pass over the logits.)"""
+    h_ND, W_U, b_U = final_norm(model, resid_ND), model.unembed.W_U, model.unembed.b_U
+    if not b_U.any():
+        return torch.mm(h_ND, W_U, out=out)
+    return torch.addmm(b_U, h_ND, W_U, out=out)
 
 
 def _stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor) -> Float[Tensor, "w K"]:
@@ -195,15 +210,21 @@ def _stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor) -> Float[Tenso
 
 
 @torch.inference_mode()
-def _kl_l2_of_walks(model, final_nKD: Float[Tensor, "n K d"], logit_rows: int) -> tuple[Tensor, Tensor]:
+def _kl_l2_of_walks(
+    model, final_nKD: Float[Tensor, "n K d"], logit_rows: int, workspace=None
+) -> tuple[Tensor, Tensor]:
     """KL and L2 of each step against its walk's step 0, unembedding a few walks at a time
-    so that the vocabulary-sized tensors stay within budget."""
+    so that the vocabulary-sized tensors stay within budget (in the workspace's logits
+    buffer, when one is given)."""
     n, K, D = final_nKD.shape
     kl_nK = torch.empty(n, K, dtype=torch.float32, device=final_nKD.device)
     walks = max(1, logit_rows // K)
     for w in range(0, n, walks):
         f_wKD = final_nKD[w : w + walks]
-        kl_nK[w : w + walks] = _stable_walk_kl(model, unembed(model, f_wKD.reshape(-1, D)).reshape(f_wKD.shape[0], K, -1), f_wKD)
+        rows = f_wKD.shape[0] * K
+        out = None if workspace is None else workspace.get("logits", rows, model.cfg.d_vocab, f_wKD)
+        logits_wKV = unembed(model, f_wKD.reshape(rows, D), out=out).view(f_wKD.shape[0], K, -1)
+        kl_nK[w : w + walks] = _stable_walk_kl(model, logits_wKV, f_wKD)
     l2_nK = (final_nKD.float() - final_nKD[:, :1, :].float()).norm(dim=-1)
     return kl_nK, l2_nK
 
@@ -260,7 +281,8 @@ class WalkEngine:
                 resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
                 resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)
                 final_nKD = blocks_from_site(self.model, resid_NTD, self.site)[:, -1, :].reshape(n, K, D)
-            kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(self.model, final_nKD, self.logit_rows)
+            ws = self.lean.workspace if self.lean is not None else None
+            kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(self.model, final_nKD, self.logit_rows, ws)
             if progress is not None:
                 progress.update(n)
         return StepMetrics(kl_BK, l2_BK)
