@@ -100,6 +100,7 @@ class EngineConfig:
     # "auto" | "lean" | "kv_cache" | "full": see sensdir.engine.WalkEngine
     path: str = "auto"
     logits_mb: float = 512  # budget for the vocabulary-sized logits and log-probs
+    compile: bool = True  # fuse the KL's vocabulary passes with torch.compile (eager if that fails)
 
 
 @dataclass(frozen=True)

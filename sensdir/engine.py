@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sensdir.fused import kl_sums, maybe_compiled
 from sensdir.metrics import kl_from_logits
 
 _SITE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -158,23 +159,28 @@ def _logit_rows(model, logits_mb: float) -> int:
     return max(1, int(logits_mb * 2**20 // per_row))
 
 
-def walk_kl_(logits_wKV: Float[Tensor, "w K V"]) -> Float[Tensor, "w K"]:
-    """KL(P_0 || Q_k) of each step's logits against its walk's step 0; overwrites its input.
+def walk_kl_(logits_wKV: Float[Tensor, "w K V"], fused: bool = False) -> Float[Tensor, "w K"]:
+    """KL(P_0 || Q_k) of each step's logits against its walk's step 0; may overwrite its input.
 
     With p = softmax(z_0) and L_0 = logsumexp(z_0): KL = log sum_v exp(z_k,v - L_0)
     - p . (z_k - z_0) + const, the constant fixed so that step 0 is exactly 0. Shifting by
     the clean L_0 instead of each row's max saves a pass over the vocabulary; rows where that
     overflows (a logit more than ~88 nats above the clean log-partition) come back as inf or
-    nan, and the caller recomputes them with ``kl_from_logits``. In place, the only
-    vocabulary-sized work is a subtraction, a product with p, an exp and a sum.
+    nan, and the caller recomputes them with ``kl_from_logits``. Eager and in place, the
+    vocabulary-sized work is a subtraction, a product with p, an exp and a sum; ``fused``
+    does both sums in one compiled pass (``sensdir.fused.kl_sums``).
     """
     z0_w1V = logits_wKV[:, :1, :].float()
     lse0_w11 = torch.logsumexp(z0_w1V, dim=-1, keepdim=True)
     p_w1V = (z0_w1V - lse0_w11).exp()
-    x_wKV = logits_wKV if logits_wKV.dtype == torch.float32 else logits_wKV.float()
-    x_wKV.sub_(lse0_w11)
-    pz_wK = torch.bmm(x_wKV, p_w1V.transpose(1, 2))[..., 0]
-    log_s_wK = x_wKV.exp_().sum(-1).log()
+    if fused:
+        s_wK, pz_wK = maybe_compiled(kl_sums, True)(logits_wKV, lse0_w11, p_w1V)
+        log_s_wK = s_wK.log()
+    else:
+        x_wKV = logits_wKV if logits_wKV.dtype == torch.float32 else logits_wKV.float()
+        x_wKV.sub_(lse0_w11)
+        pz_wK = torch.bmm(x_wKV, p_w1V.transpose(1, 2))[..., 0]
+        log_s_wK = x_wKV.exp_().sum(-1).log()
     return (log_s_wK - log_s_wK[:, :1]) - (pz_wK - pz_wK[:, :1])
 
 
@@ -199,9 +205,9 @@ def unembed(model, resid_ND: Float[Tensor, "N d"], out: Tensor | None = None) ->
     return torch.addmm(b_U, h_ND, W_U, out=out)
 
 
-def _stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor) -> Float[Tensor, "w K"]:
+def _stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor, fused: bool = False) -> Float[Tensor, "w K"]:
     """``walk_kl_``, with walks whose cheap shift overflowed redone the standard way."""
-    kl_wK = walk_kl_(logits_wKV)
+    kl_wK = walk_kl_(logits_wKV, fused)
     bad_w = ~torch.isfinite(kl_wK).all(dim=-1)
     for i in bad_w.nonzero()[:, 0].tolist():
         logits_KV = unembed(model, final_wKD[i])
@@ -211,20 +217,22 @@ def _stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor) -> Float[Tenso
 
 @torch.inference_mode()
 def _kl_l2_of_walks(
-    model, final_nKD: Float[Tensor, "n K d"], logit_rows: int, workspace=None
+    model, final_nKD: Float[Tensor, "n K d"], logit_rows: int, workspace=None, fused: bool = False
 ) -> tuple[Tensor, Tensor]:
     """KL and L2 of each step against its walk's step 0, unembedding a few walks at a time
     so that the vocabulary-sized tensors stay within budget (in the workspace's logits
-    buffer, when one is given)."""
+    buffer, when one is given). Chunks are of equal size: a small last chunk would stream the
+    whole unembedding matrix for a few rows."""
     n, K, D = final_nKD.shape
     kl_nK = torch.empty(n, K, dtype=torch.float32, device=final_nKD.device)
     walks = max(1, logit_rows // K)
+    walks = -(-n // -(-n // walks))
     for w in range(0, n, walks):
         f_wKD = final_nKD[w : w + walks]
         rows = f_wKD.shape[0] * K
         out = None if workspace is None else workspace.get("logits", rows, model.cfg.d_vocab, f_wKD)
         logits_wKV = unembed(model, f_wKD.reshape(rows, D), out=out).view(f_wKD.shape[0], K, -1)
-        kl_nK[w : w + walks] = _stable_walk_kl(model, logits_wKV, f_wKD)
+        kl_nK[w : w + walks] = _stable_walk_kl(model, logits_wKV, f_wKD, fused)
     l2_nK = (final_nKD.float() - final_nKD[:, :1, :].float()).norm(dim=-1)
     return kl_nK, l2_nK
 
@@ -237,11 +245,14 @@ class WalkEngine:
     (the same through transformer_lens's blocks and KV-cache entries, for layouts the lean
     path doesn't cover) or ``full`` (every step reruns the whole sequence from the site).
     ``auto`` takes the first that applies. All three agree with ``naive_readouts``.
+    ``compile`` fuses the vocabulary-sized KL work into one compiled pass (``sensdir.fused``).
     """
 
     PATHS = ("auto", "lean", "kv_cache", "full")
 
-    def __init__(self, model, site: Site, path: str = "auto", batch_size: int = 4096, logits_mb: float = 512):
+    def __init__(
+        self, model, site: Site, path: str = "auto", batch_size: int = 4096, logits_mb: float = 512, compile: bool = False
+    ):
         from sensdir.fastpath import LastPosition, unsupported_reason
 
         if path not in self.PATHS:
@@ -249,7 +260,7 @@ class WalkEngine:
         if path == "auto":
             path = "lean" if unsupported_reason(model.cfg) is None else "kv_cache"
         self.model, self.site, self.path = model, site, path
-        self.batch_size, self.logit_rows = batch_size, _logit_rows(model, logits_mb)
+        self.batch_size, self.logit_rows, self.compile = batch_size, _logit_rows(model, logits_mb), compile
         self.lean = LastPosition(model, site.start_layer) if path == "lean" else None
 
     @torch.inference_mode()
@@ -282,7 +293,7 @@ class WalkEngine:
                 resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)
                 final_nKD = blocks_from_site(self.model, resid_NTD, self.site)[:, -1, :].reshape(n, K, D)
             ws = self.lean.workspace if self.lean is not None else None
-            kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(self.model, final_nKD, self.logit_rows, ws)
+            kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(self.model, final_nKD, self.logit_rows, ws, self.compile)
             if progress is not None:
                 progress.update(n)
         return StepMetrics(kl_BK, l2_BK)
@@ -338,6 +349,7 @@ def walk_metrics(
     progress=None,
     path: str = "auto",
     logits_mb: float = 512,
+    compile: bool = False,
 ) -> StepMetrics:
     """One-off ``WalkEngine(...).walk_metrics(...)``."""
-    return WalkEngine(model, site, path, batch_size, logits_mb).walk_metrics(clean_BTD, acts_BKD, progress)
+    return WalkEngine(model, site, path, batch_size, logits_mb, compile).walk_metrics(clean_BTD, acts_BKD, progress)

@@ -242,7 +242,7 @@ def run_job(cfg: SensdirConfig) -> JobResult:
     except ValueError as e:  # e.g. sae_feature:dead on an SAE without dead latents
         raise ConfigError(f"direction {cfg.direction.name!r}: {e}") from None
     eng = cfg.engine
-    engine = WalkEngine(model, site, eng.path, eng.batch_size, eng.logits_mb)
+    engine = WalkEngine(model, site, eng.path, eng.batch_size, eng.logits_mb, eng.compile)
     t_stats = time.perf_counter()
 
     # One CPU generator, seeded once from the config (and the shard, so shards differ).

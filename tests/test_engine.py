@@ -61,13 +61,14 @@ def test_kl_direction_is_clean_first():
     assert not torch.allclose(kl_from_logits(q, p), expected.reshape(1))
 
 
-def test_walk_kl_equals_the_definition():
+@pytest.mark.parametrize("fused", [False, True])
+def test_walk_kl_equals_the_definition(fused):
     torch.manual_seed(0)
     logits = torch.randn(3, 6, 50) * 3
     from sensdir.engine import walk_kl_
 
     ref = torch.stack([kl_from_logits(logits[w, :1].expand(6, -1), logits[w]) for w in range(3)])
-    got = walk_kl_(logits.clone())
+    got = walk_kl_(logits.clone(), fused)
     torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
     assert (got[:, 0] == 0).all()
     # small perturbations: float32 rounding only, against a float64 reference
@@ -75,16 +76,39 @@ def test_walk_kl_equals_the_definition():
     small[:, 0] = logits[:, 0]
     lp = torch.log_softmax(small.double(), -1)
     ref_small = (lp[:, :1].exp() * (lp[:, :1] - lp)).sum(-1)
-    torch.testing.assert_close(walk_kl_(small.clone()).double(), ref_small, atol=2e-6, rtol=0)
+    torch.testing.assert_close(walk_kl_(small.clone(), fused).double(), ref_small, atol=2e-6, rtol=0)
 
 
-def test_kl_falls_back_when_the_cheap_shift_overflows(model):
+def test_compiled_kernel_falls_back_to_eager_once(monkeypatch):
+    import sensdir.fused as fused
+
+    calls = []
+
+    def broken_compile(fn, **kw):
+        def run(*a):
+            calls.append(fn.__name__)
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    def kernel(x):
+        return x * 2
+
+    monkeypatch.setattr(fused.torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile of kernel failed"):
+        assert fused.maybe_compiled(kernel, True)(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert fused.maybe_compiled(kernel, True)(torch.ones(1)).tolist() == [2.0]  # no second try
+    assert calls == ["kernel"] and fused.maybe_compiled(kernel, False) is kernel
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_kl_falls_back_when_the_cheap_shift_overflows(model, fused):
     from sensdir.engine import _kl_l2_of_walks, unembed
 
     torch.manual_seed(0)
     final = torch.randn(2, 4, model.cfg.d_model)
-    final[1, 2] *= 1e4  # logits ~1e4 nats away: exp(z - L_0) overflows float32
-    kl, _ = _kl_l2_of_walks(model, final, logit_rows=1000)
+    final[1, 2] *= 1e4
+    kl, _ = _kl_l2_of_walks(model, final, logit_rows=1000, fused=fused)
     assert torch.isfinite(kl).all()
     logits = unembed(model, final[1])
     torch.testing.assert_close(kl[1], kl_from_logits(logits[:1].expand_as(logits), logits), rtol=1e-5, atol=1e-4)
