@@ -157,8 +157,8 @@ class LastPosition:
         """Final residual of each step; ``prefix_kv[i]`` holds layer i's prefix for these w walks.
 
         The residual stream is one [w*K, d] tensor updated in place: each block's output
-        projections accumulate into it inside the matrix product (``addmm`` with ``out`` = its
-        input), and the wide intermediates (QKV, MLP hidden) live in the workspace."""
+        projections accumulate into it inside the matrix product (``addmm_``), and the wide
+        intermediates (QKV, MLP hidden) live in the workspace."""
         w, K, D = acts_wKD.shape
         N, H = w * K, self.cfg.n_heads
         x_ND = acts_wKD.reshape(N, D).clone()
@@ -174,9 +174,9 @@ class LastPosition:
             probs = torch.softmax(torch.cat([s_pre, s_self], dim=-1), dim=-1)
             z = torch.matmul(probs[..., :-1], vp).addcmul_(probs[..., -1:], v.transpose(1, 2))  # [w, H, K, dh]
             z = z.transpose(1, 2).reshape(N, layer.W_O.shape[0])
-            torch.addmm(x_ND, z, layer.W_O, out=x_ND).add_(blk.attn.b_O)
+            x_ND.addmm_(z, layer.W_O).add_(blk.attn.b_O)
             h_ND = _norm(self.cfg.normalization_type, getattr(blk, "ln2", None), x_ND, self.cfg.eps)
             hid = torch.addmm(blk.mlp.b_in, h_ND, blk.mlp.W_in, out=ws.get("mlp", N, blk.mlp.W_in.shape[1], x_ND))
             act_(hid)
-            torch.addmm(x_ND, hid, blk.mlp.W_out, out=x_ND).add_(blk.mlp.b_out)
+            x_ND.addmm_(hid, blk.mlp.W_out).add_(blk.mlp.b_out)
         return x_ND.view(w, K, D)
