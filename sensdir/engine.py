@@ -11,6 +11,7 @@ sequence runs through the whole model); tests prove the two agree.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterator
@@ -225,8 +226,8 @@ def _kl_l2_of_walks(
     whole unembedding matrix for a few rows."""
     n, K, D = final_nKD.shape
     kl_nK = torch.empty(n, K, dtype=torch.float32, device=final_nKD.device)
-    walks = max(1, logit_rows // K)
-    walks = -(-n // -(-n // walks))
+    n_chunks = max(1, math.ceil(n / max(1, logit_rows // K)))
+    walks = math.ceil(n / n_chunks)
     for w in range(0, n, walks):
         f_wKD = final_nKD[w : w + walks]
         rows = f_wKD.shape[0] * K
@@ -280,6 +281,7 @@ class WalkEngine:
             prefix = self.lean.prefix(clean_BTD)
         elif self.path == "kv_cache":
             prefix = prefix_kv(self.model, clean_BTD, self.site)
+        ws = self.lean.workspace if self.lean is not None else None
         for rows in _row_chunks(B, K, self.batch_size):
             n = rows.stop - rows.start
             acts_nKD = acts_BKD[rows].to(clean_BTD.dtype)
@@ -292,7 +294,6 @@ class WalkEngine:
                 resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
                 resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)
                 final_nKD = blocks_from_site(self.model, resid_NTD, self.site)[:, -1, :].reshape(n, K, D)
-            ws = self.lean.workspace if self.lean is not None else None
             kl_BK[rows], l2_BK[rows] = _kl_l2_of_walks(self.model, final_nKD, self.logit_rows, ws, self.compile)
             if progress is not None:
                 progress.update(n)

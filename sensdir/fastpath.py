@@ -23,14 +23,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+# in place: every caller applies them to a fresh matrix product
 _ACTS = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-}
-_ACTS_INPLACE = {
     "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
     "gelu": torch.ops.aten.gelu_,
@@ -119,37 +113,46 @@ class LastPosition:
             b_qkv = torch.cat([b.reshape(H * dh) for b in (a.b_Q * s, a.b_K, a.b_V)])
             self.layers.append(_Layer(block, W_qkv.contiguous(), b_qkv, a.W_O.reshape(H * dh, -1)))
 
-    def _qkv(self, layer: _Layer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h = _norm(self.cfg.normalization_type, getattr(layer.block, "ln1", None), x, self.cfg.eps)
+    def _qkv(self, layer: _Layer, x_ND: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (pre-scaled), keys and values, each [N, heads, d_head], views of one
+        product (written into ``out`` if given)."""
+        h_ND = _norm(self.cfg.normalization_type, getattr(layer.block, "ln1", None), x_ND, self.cfg.eps)
+        qkv = torch.addmm(layer.b_qkv, h_ND, layer.W_qkv, out=out)
         H = self.cfg.n_heads
-        q, k, v = torch.addmm(layer.b_qkv, h.reshape(-1, h.shape[-1]), layer.W_qkv).reshape(*h.shape[:-1], 3, H, -1).unbind(-3)
-        return q, k, v  # each [..., heads, d_head]
+        return qkv.view(x_ND.shape[0], 3, H, layer.W_qkv.shape[1] // (3 * H)).unbind(1)
 
-    def _mlp(self, layer: _Layer, x: Tensor) -> Tensor:
+    def _add_attn_(self, layer: _Layer, x_ND: Tensor, z_NHd: Tensor) -> None:
+        """x += attention output, accumulated inside the product."""
+        x_ND.addmm_(z_NHd.reshape(x_ND.shape[0], layer.W_O.shape[0]), layer.W_O).add_(layer.block.attn.b_O)
+
+    def _add_mlp_(self, layer: _Layer, x_ND: Tensor, out: Tensor | None = None) -> None:
+        """x += MLP(x), the hidden layer written into ``out`` if given."""
         blk, mlp = layer.block, layer.block.mlp
-        h = _norm(self.cfg.normalization_type, getattr(blk, "ln2", None), x, self.cfg.eps)
-        h = _ACTS[self.cfg.act_fn](torch.addmm(mlp.b_in, h.reshape(-1, h.shape[-1]), mlp.W_in))
-        return torch.addmm(mlp.b_out, h, mlp.W_out).reshape(x.shape)
+        h_ND = _norm(self.cfg.normalization_type, getattr(blk, "ln2", None), x_ND, self.cfg.eps)
+        hid = torch.addmm(mlp.b_in, h_ND, mlp.W_in, out=out)
+        _ACTS[self.cfg.act_fn](hid)
+        x_ND.addmm_(hid, mlp.W_out).add_(mlp.b_out)
 
     @torch.inference_mode()
     def prefix(self, clean_BTD: Float[Tensor, "B T d"]) -> list[tuple[Tensor, Tensor]]:
-        """Keys and values [B, heads, T-1, d_head] of the clean prefix, per layer."""
-        x = clean_BTD[:, :-1, :]
+        """Keys and values [B, heads, T-1, d_head] of the clean prefix, per layer. (Not in the
+        workspace: they are kept for the walks.)"""
+        B, T, D = clean_BTD.shape
+        P = T - 1
+        x_ND = clean_BTD[:, :-1, :].reshape(B * P, D).clone()
         out = []
-        P = x.shape[1]
         for i, layer in enumerate(self.layers):
-            q, k, v = (t.transpose(1, 2) for t in self._qkv(layer, x))  # [B, H, P, dh]
+            q, k, v = (t.view(B, P, *t.shape[1:]).transpose(1, 2) for t in self._qkv(layer, x_ND))  # [B, H, P, dh]
             out.append((k, v))
             if i == len(self.layers) - 1:
                 break  # nothing reads the prefix's output of the last block
             if P:
-                mask = torch.ones(P, P, dtype=torch.bool, device=x.device).tril()
+                mask = torch.ones(P, P, dtype=torch.bool, device=x_ND.device).tril()
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
             else:
                 z = q
-            attn = torch.addmm(layer.block.attn.b_O, z.transpose(1, 2).reshape(-1, layer.W_O.shape[0]), layer.W_O)
-            x = x + attn.reshape(x.shape)
-            x = x + self._mlp(layer, x)
+            self._add_attn_(layer, x_ND, z.transpose(1, 2))
+            self._add_mlp_(layer, x_ND)
         return out
 
     @torch.inference_mode()
@@ -160,23 +163,17 @@ class LastPosition:
         projections accumulate into it inside the matrix product (``addmm_``), and the wide
         intermediates (QKV, MLP hidden) live in the workspace."""
         w, K, D = acts_wKD.shape
-        N, H = w * K, self.cfg.n_heads
+        N = w * K
         x_ND = acts_wKD.reshape(N, D).clone()
-        ws, act_ = self.workspace, _ACTS_INPLACE[self.cfg.act_fn]
+        ws = self.workspace
         for layer, (kp, vp) in zip(self.layers, prefix_kv):
-            blk = layer.block
-            h_ND = _norm(self.cfg.normalization_type, getattr(blk, "ln1", None), x_ND, self.cfg.eps)
-            qkv = torch.addmm(layer.b_qkv, h_ND, layer.W_qkv, out=ws.get("qkv", N, layer.W_qkv.shape[1], x_ND))
-            q, k, v = qkv.view(w, K, 3, H, -1).unbind(2)  # [w, K, H, dh]
+            qkv_buf = ws.get("qkv", N, layer.W_qkv.shape[1], x_ND)
+            q, k, v = (t.view(w, K, *t.shape[1:]) for t in self._qkv(layer, x_ND, qkv_buf))  # [w, K, H, dh]
             qh = q.transpose(1, 2)  # [w, H, K, dh]
             s_pre = torch.matmul(qh, kp.transpose(-1, -2))  # [w, H, K, P]: the prefix is shared by the K steps
             s_self = (q * k).sum(-1).transpose(1, 2).unsqueeze(-1)  # [w, H, K, 1]
             probs = torch.softmax(torch.cat([s_pre, s_self], dim=-1), dim=-1)
             z = torch.matmul(probs[..., :-1], vp).addcmul_(probs[..., -1:], v.transpose(1, 2))  # [w, H, K, dh]
-            z = z.transpose(1, 2).reshape(N, layer.W_O.shape[0])
-            x_ND.addmm_(z, layer.W_O).add_(blk.attn.b_O)
-            h_ND = _norm(self.cfg.normalization_type, getattr(blk, "ln2", None), x_ND, self.cfg.eps)
-            hid = torch.addmm(blk.mlp.b_in, h_ND, blk.mlp.W_in, out=ws.get("mlp", N, blk.mlp.W_in.shape[1], x_ND))
-            act_(hid)
-            x_ND.addmm_(hid, blk.mlp.W_out).add_(blk.mlp.b_out)
+            self._add_attn_(layer, x_ND, z.transpose(1, 2))
+            self._add_mlp_(layer, x_ND, ws.get("mlp", N, layer.block.mlp.W_in.shape[1], x_ND))
         return x_ND.view(w, K, D)

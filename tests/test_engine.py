@@ -17,10 +17,11 @@ def model(tiny_model_dir):
 
 @pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
 @pytest.mark.parametrize("path", ["lean", "kv_cache", "full"])
-def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, path):
+@pytest.mark.parametrize("T", [7, 1], ids=["T7", "T1-no-prefix"])
+def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, path, T):
     torch.manual_seed(1)
     site = Site.parse(hook, model.cfg.n_layers)
-    B, T, K = 3, 7, 6
+    B, K = 3, 6
     tokens_BT = torch.randint(0, model.cfg.d_vocab, (B, T))
     clean_BTD = clean_site_resid(model, tokens_BT, site)
     target_BD = torch.randn(B, model.cfg.d_model) * 5
