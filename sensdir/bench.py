@@ -265,6 +265,7 @@ def blowup_wall_time(device, dtype_name: str, n_prompts: int, workdir: Path) -> 
         t = time.perf_counter()
         run_job(cfg)
         times[name] = time.perf_counter() - t
+        print(f"  blowup experiment: {name} done in {times[name]:.0f} s", flush=True)
     return {"n_prompts": n_prompts, "device": str(device), "dtype": dtype_name, "per_direction_s": times, "total_s": sum(times.values())}
 
 
@@ -332,6 +333,8 @@ def main(argv=None) -> None:
         print(f"blowup experiment ({b['n_prompts']} prompts x 4 types x {N_STEPS} steps, gpt2-shaped, {b['dtype']}): "
               f"{b['total_s']:.0f} s  " + ", ".join(f"{k} {v:.0f} s" for k, v in b["per_direction_s"].items()))
     out["targets"] = targets(out)
+    if q:
+        print("(--quick: a few prompts per case; the target checks below are not representative)")
     for t in out["targets"]:
         print(f"target {t['target']}: {t['measured']} -> {'met' if t['met'] else 'NOT met'}")
     Path(args.out).write_text(json.dumps(out, indent=2))
@@ -349,7 +352,7 @@ def targets(out: dict) -> list[dict]:
         worst = max(c["max_rel_diff_kl"], c["max_rel_diff_l2"])
         checks.append({"target": f"{c['model']} n_ctx {c['n_ctx']}: KL and L2 within 1e-4 relative",
                        "measured": f"{worst:.1e}", "met": worst <= 1e-4})
-    if "blowup" in out:
+    if "blowup" in out and out["blowup"]["n_prompts"] == 1000:  # the target is for the full experiment
         total = out["blowup"]["total_s"]
         checks.append({"target": "blowup experiment <= 600 s", "measured": f"{total:.0f} s", "met": total <= 600})
     return checks
