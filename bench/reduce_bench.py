@@ -64,7 +64,9 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, __file__, "--child", str(sweep), str(root / "reduce"), "--bootstrap", str(a.bootstrap)],
-            stdout=subprocess.PIPE, text=True, check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
         )
         outer = time.perf_counter() - t0
         inner = json.loads(proc.stdout.strip().splitlines()[-1])

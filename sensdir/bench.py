@@ -28,8 +28,11 @@ from pathlib import Path
 
 import torch
 
-from sensdir.engine import Site, WalkEngine, clean_site_resid, naive_readouts
-from sensdir.metrics import kl_from_logits
+from sensdir.engine import WalkEngine, clean_site_resid
+from sensdir.engine.reference import naive_readouts
+from sensdir.metrics.kl import KL, kl_from_logits
+from sensdir.metrics.l2 import L2
+from sensdir.site import Site
 
 GPT2_SHAPE = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024,
                   act_fn="gelu_new", normalization_type="LN")
@@ -159,7 +162,7 @@ def run_case(model, case: Case, device, batch_size: int, gen, compile: bool = Tr
     def engine_pass():
         _sync(device)
         t = time.perf_counter()
-        out = engine.walk_metrics(clean_e, acts_e)
+        out = engine.curves(clean_e, acts_e)
         _sync(device)
         return time.perf_counter() - t, out
 
@@ -174,8 +177,8 @@ def run_case(model, case: Case, device, batch_size: int, gen, compile: bool = Tr
         return time.perf_counter() - t, (torch.stack(kl_n), torch.stack(l2_n))
 
     with PeakMemory(device) as mem_e:
-        engine = WalkEngine(model, site, "auto", batch_size, compile=compile)
-        engine.walk_metrics(clean_e, acts_e)
+        engine = WalkEngine(model, site, [KL(), L2()], batch_size=batch_size, compile=compile)
+        engine.curves(clean_e, acts_e)
         t_e, eng = engine_pass()
     naive_readouts(model, tokens_BT[0], acts_BKD[0, :2], site)
     with PeakMemory(device) as mem_n:
@@ -197,8 +200,8 @@ def run_case(model, case: Case, device, batch_size: int, gen, compile: bool = Tr
         "naive_steps_per_s": naive_steps,
         "engine_steps_per_s": eng_steps,
         "speedup": eng_steps / naive_steps,
-        "max_rel_diff_kl": _rel_diff(eng.kl_BK[:n], kl_n),
-        "max_rel_diff_l2": _rel_diff(eng.l2_BK[:n], l2_n),
+        "max_rel_diff_kl": _rel_diff(eng["kl"][:n], kl_n),
+        "max_rel_diff_l2": _rel_diff(eng["l2"][:n], l2_n),
         "peak_mem_mb": mem_e.mb,
         "naive_peak_mem_mb": mem_n.mb,
         "engine_gflops": eng_steps * step_flops(model.cfg, case.n_ctx, site.start_layer, True) / 1e9,

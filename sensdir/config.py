@@ -13,6 +13,7 @@ ConfigStore so that ``direction=<name>`` works with no YAML file and no list to 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 # OmegaConf's marker for a mandatory value; spelled out so that importing the config
@@ -20,11 +21,50 @@ from typing import Any, Optional
 MISSING: Any = "???"
 
 
+class Choice(str, Enum):
+    """A setting with a fixed set of values: Hydra rejects any other at composition, naming the
+    valid ones. A ``str`` subclass, so comparisons, JSON and config hashes see the plain value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class ModelSource(Choice):
+    embedded = "embedded"  # the small model shipped in sensdir/embedded/assets (no download)
+    transformer_lens = "transformer_lens"  # HookedTransformer.from_pretrained(name): the HF hub or its cache
+
+
+class SaeSource(Choice):
+    embedded = "embedded"  # an SAE shipped with sensdir, addressed like sae_lens as (release, sae_id)
+    sae_lens = "sae_lens"  # SAE.from_pretrained(release, sae_id)
+    disk = "disk"  # SAE.load_from_disk(path)
+
+
+class DataSource(Choice):
+    embedded = "embedded"  # held-out documents of the embedded model's offline corpus
+    hf = "hf"  # a Hugging Face `datasets` dataset (streaming), e.g. OpenWebText
+
+
+class Positions(Choice):
+    last = "last"  # [GP24]: the last position
+    all = "all"  # [LH24]: every position, each its own walk
+
+
+class EnginePath(Choice):
+    """See ``sensdir.engine.walks``."""
+
+    auto = "auto"
+    lean = "lean"
+    kv_cache = "kv_cache"
+    full = "full"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    # "embedded": the small model shipped in sensdir/embedded/assets (no download).
-    # "transformer_lens": HookedTransformer.from_pretrained(name) (needs the HF hub or its cache).
-    source: str = "embedded"
+    source: ModelSource = ModelSource.embedded
     name: str = "embedded"
     path: Optional[str] = None  # embedded weights dir; None = the shipped one
     dtype: str = "float32"
@@ -32,9 +72,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SaeConfig:
-    # "embedded": an SAE shipped with sensdir, addressed like sae_lens as (release, sae_id).
-    # "sae_lens": SAE.from_pretrained(release, sae_id). "disk": SAE.load_from_disk(path).
-    source: str = "embedded"
+    source: SaeSource = SaeSource.embedded
     release: str = "embedded"
     sae_id: str = "blocks.1.hook_resid_pre/l1-mid"
     path: Optional[str] = None
@@ -44,14 +82,12 @@ class SaeConfig:
 class SiteConfig:
     # None: the hook the SAE was trained on (so sweeping SAEs across layers moves the site)
     hook: Optional[str] = None
-    positions: str = "last"  # "last" [GP24] or "all" [LH24]: every position, each its own walk
+    positions: Positions = Positions.last
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    # "embedded": held-out documents of the embedded model's offline corpus.
-    # "hf": a Hugging Face `datasets` dataset (streaming), e.g. OpenWebText.
-    source: str = "embedded"
+    source: DataSource = DataSource.embedded
     n_ctx: int = 10
     prepend_bos: bool = False  # METHODS §1 (choice): no BOS by default
     n_prompts: int = 100  # base prompts per job
@@ -71,7 +107,7 @@ class StatsConfig:
 
 @dataclass(frozen=True)
 class MetricConfig:
-    names: tuple[str, ...] = ("kl", "l2")
+    names: tuple[str, ...] = ("kl", "l2")  # registered metrics (sensdir.metrics), each its curve and summaries
     ms_threshold: float = 0.02  # METHODS §4: no step rising by more than this -> n_steps - 1
     # METHODS §4: plateau ends where l2 >= this. 20 is GPT-2 small's scale; the embedded
     # model's presets set their own.
@@ -97,8 +133,7 @@ class EngineConfig:
     rounding), so it is not part of a job's identity."""
 
     batch_size: int = 4096  # perturbed activations (rows x steps) per forward pass
-    # "auto" | "lean" | "kv_cache" | "full": see sensdir.engine.WalkEngine
-    path: str = "auto"
+    path: EnginePath = EnginePath.auto
     logits_mb: float = 512  # budget for the vocabulary-sized logits and log-probs
     compile: bool = True  # fuse the KL's vocabulary passes with torch.compile (eager if that fails)
 

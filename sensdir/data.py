@@ -35,12 +35,12 @@ class PromptSets:
 
 def _documents(cfg: DataConfig, seed: int) -> Iterator[str]:
     if cfg.source == "embedded":
-        from sensdir.embedded.corpus import documents
+        from sensdir.loading import embedded_documents
 
         # (choice) The embedded corpus has one document per stdlib file, too few to draw
         # thousands of prompts from; its "documents" for prompting are the paragraphs of the
         # held-out files, in a seeded random order.
-        docs = [p.strip() for d in documents("heldout") for p in _PARAGRAPH.split(d) if p.strip()]
+        docs = [p.strip() for d in embedded_documents("heldout") for p in _PARAGRAPH.split(d) if p.strip()]
         random.Random(seed).shuffle(docs)
         yield from docs
     elif cfg.source == "hf":

@@ -1,4 +1,8 @@
-"""Load the model and the SAE named by the config, checking they fit the site."""
+"""Load the model and the SAE named by the config, checking they fit the site.
+
+Also the one way into the embedded package (``sensdir/embedded``) from the rest of sensdir: its
+model and SAE assets here, and its prose corpus for the data loader (:func:`embedded_documents`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from pathlib import Path
 import torch
 
 from sensdir.config import ModelConfig, SaeConfig
-from sensdir.engine import Site, SiteError
 from sensdir.errors import ConfigError, MissingResourceError
+from sensdir.site import Site, SiteError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODEL_SOURCES = ("embedded", "transformer_lens")
@@ -31,13 +35,21 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ConfigError(f"model.dtype={name!r} is not one of {', '.join(_DTYPES)}") from None
 
 
+def embedded_documents(split: str) -> list[str]:
+    """The documents of the embedded model's prose corpus split ``split`` (``train`` or ``heldout``)."""
+    from sensdir.embedded.corpus import documents
+
+    return documents(split)
+
+
 def load_model(cfg: ModelConfig, device: torch.device):
     dtype = resolve_dtype(cfg.dtype)
     if cfg.source == "embedded":
         return load_model_dir(Path(cfg.path) if cfg.path else embedded_model_dir(), device, dtype)
     if cfg.source == "transformer_lens":
-        from sensdir.hub import hub_call, model_hint
         from transformer_lens import HookedTransformer
+
+        from sensdir.hub import hub_call, model_hint
 
         return hub_call(
             model_hint(cfg.name),

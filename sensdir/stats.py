@@ -7,8 +7,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import StatsConfig
-from sensdir.directions.base import SiteStats
-from sensdir.engine import Site, clean_site_resid
+from sensdir.walk_types import SiteStats
+from sensdir.engine import clean_site_resid
+from sensdir.site import Site
 
 
 @torch.inference_mode()

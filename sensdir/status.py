@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from sensdir.shards import is_complete, plan_path, shard_paths, shard_stem
+from sensdir.artifacts.identity import config_hash, job_dir
+from sensdir.artifacts.layout import MANIFEST, PLAN, ShardFiles, shard_files_in
+from sensdir.artifacts.records import complete_manifest, is_complete
 
 _TASK_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
-_STEM = re.compile(r"^shard-(\d+)-of-(\d+)$")
 STATES = ("done", "running", "pending", "failed", "unknown", "incomplete")
 
 
@@ -250,8 +251,6 @@ def _varying(overrides: list[list[str]]) -> set[str]:
 def sweep_status(sweep_dir: str | Path, squeue: dict[str, str] | None | bool = True) -> SweepStatus:
     """The status of every task and shard under ``sweep_dir``. ``squeue``: True to ask SLURM,
     or a ready ``{task id: state}`` (tests), or None for "SLURM not reachable"."""
-    from sensdir.job import config_hash, job_dir
-
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory {sweep_dir}")
@@ -278,9 +277,11 @@ def sweep_status(sweep_dir: str | Path, squeue: dict[str, str] | None | bool = T
             jdir = job_dir(cfg)
             if not jdir.is_absolute():  # relative to where the sweep was started
                 jdir = _driver_cwd(sub) / jdir
+            jdir = jdir.resolve()  # one spelling per shard, however the sweep was named
+            files = ShardFiles.of(jdir, cfg.run.shard, cfg.run.shards)
             st.job_key, st.shard, st.shards, st.job_dir = jdir.name, cfg.run.shard, cfg.run.shards, str(jdir)
-            st.plan = plan_path(jdir, cfg.run.shard, cfg.run.shards).exists()
-            complete = is_complete(jdir, cfg.run.shard, cfg.run.shards, config_hash(cfg))
+            st.plan = files.plan.exists()
+            complete = is_complete(files, config_hash(cfg))
             seen_shards.add((str(jdir), cfg.run.shard, cfg.run.shards))
         result = _read_result(task)
         st.slurm_state = None if live is None else live.get(task.task_id)
@@ -312,26 +313,22 @@ def _log_error(task: _Task) -> str | None:
 def _disk_only_shards(sweep_dir: Path, seen: set[tuple[str, int, int]]) -> list[TaskStatus]:
     """Shards with a plan or a manifest that no submitit task accounts for (local runs)."""
     out = []
-    stems: dict[tuple[str, int, int], Path] = {}
-    for f in list(sweep_dir.rglob("shard-*.plan.json")) + list(sweep_dir.rglob("shard-*.manifest.json")):
-        m = _STEM.match(f.name.split(".", 1)[0])
-        if m:
-            stems.setdefault((str(f.parent), int(m.group(1)), int(m.group(2))), f.parent)
-    for (jdir, shard, shards), d in sorted(stems.items()):
-        if (jdir, shard, shards) in seen:
+    found: dict[tuple[str, int, int], ShardFiles] = {}
+    for jdir in sorted({f.parent.resolve() for f in sweep_dir.rglob("shard-*.json")}):
+        for suffix in (PLAN, MANIFEST):
+            for sid in shard_files_in(jdir, suffix):
+                found.setdefault((str(jdir), sid.shard, sid.shards), ShardFiles(jdir, sid))
+    for key, files in sorted(found.items()):
+        if key in seen:
             continue
-        manifest_path = shard_paths(d, shard, shards)[1]
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            manifest = None
-        done = bool(manifest) and is_complete(d, shard, shards, manifest.get("config_hash", ""))
+        manifest = complete_manifest(files.manifest)
+        done = manifest is not None and is_complete(files, manifest.get("config_hash", ""))
         out.append(
             TaskStatus(
                 state="done" if done else "incomplete",
-                job_key=d.name, shard=shard, shards=shards, job_dir=jdir,
-                plan=plan_path(d, shard, shards).exists(),
-                error=None if done else f"{shard_stem(shard, shards)}: plan without a complete manifest",
+                job_key=files.job_dir.name, shard=files.id.shard, shards=files.id.shards, job_dir=key[0],
+                plan=files.plan.exists(),
+                error=None if done else f"{files.id.stem}: plan without a complete manifest",
             )
         )
     return out

@@ -1,18 +1,20 @@
 """Shared fixtures: a tiny model directory and a tiny SAE in the same formats as the
-shipped embedded default, so that the production loaders run on them in seconds."""
+shipped embedded default, so that the production loaders run on them in seconds. Builders
+(``make_sae``, ``with_``, ...) live in helpers.py."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-TINY = dict(
-    n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, act_fn="gelu_new", normalization_type="LN"
-)
+from helpers import TINY, make_sae
+
+# Fixture modules: their fixtures (hf_cache, hf_offline, slurm_cluster, ...) are available to
+# every test without importing them into test modules.
+pytest_plugins = ["hf_fixtures", "slurm_cluster"]
 
 
 def _tiny_tokenizer(directory: Path):
@@ -54,21 +56,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return d
 
 
-def make_sae(d_in: int, d_sae: int, hook: str, seed: int = 0):
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(seed)
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook)))
-    with torch.no_grad():
-        W = torch.randn(d_in, d_sae)
-        sae.W_enc.copy_(W / W.norm(dim=0))
-        sae.W_dec.copy_((W / W.norm(dim=0)).T)
-        sae.b_enc.fill_(-0.5)  # sparse: only well-aligned latents fire
-        sae.b_dec.zero_()
-    return sae
-
-
 @pytest.fixture(scope="session")
 def tiny_sae_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny_sae")
@@ -79,7 +66,16 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def tiny_cfg(tiny_model_dir, tiny_sae_dir, tmp_path):
     """A complete job config on the tiny model: small, fast, every field explicit."""
-    from sensdir.config import DataConfig, EngineConfig, MetricConfig, ModelConfig, RunConfig, SaeConfig, SensdirConfig, SiteConfig
+    from sensdir.config import (
+        DataConfig,
+        EngineConfig,
+        MetricConfig,
+        ModelConfig,
+        RunConfig,
+        SaeConfig,
+        SensdirConfig,
+        SiteConfig,
+    )
     from sensdir.directions.real import RealConfig
     from sensdir.schedules.relative import RelativeConfig
 
@@ -94,8 +90,3 @@ def tiny_cfg(tiny_model_dir, tiny_sae_dir, tmp_path):
         run=RunConfig(out_dir=str(tmp_path / "results"), name="t", progress=False),
         engine=EngineConfig(batch_size=64),
     )
-
-
-def with_(cfg, **sections):
-    """``with_(cfg, run={'seed': 1})``: a copy of cfg with fields of sections replaced."""
-    return replace(cfg, **{k: replace(getattr(cfg, k), **v) if isinstance(v, dict) else v for k, v in sections.items()})

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import make_sae
+
 REVISION = "0" * 39 + "1"  # any 40-hex string; refs/main points at it
 
 # GPT-2 small's depth (so every GPT-2 hook name is a valid site) at a tiny width.
@@ -53,19 +55,67 @@ PRESET_SAES = JB_SAES + AJT_SAES
 
 # ---------------------------------------------------------------------------- text
 
-_SUBJECTS = ["The city council", "A local reporter", "The new policy", "Our research team", "The company",
-             "Many residents", "The government", "A spokesperson", "The study", "Several experts",
-             "The committee", "Local businesses", "The report", "Officials", "The school board"]
-_VERBS = ["announced", "questioned", "supported", "rejected", "reviewed", "described", "welcomed",
-          "criticized", "delayed", "approved", "investigated", "explained", "confirmed", "proposed"]
-_OBJECTS = ["a plan to expand public transport", "the budget for next year", "changes to the tax code",
-            "a report on housing prices", "the results of the election", "new rules for online privacy",
-            "a deal with its largest supplier", "the closure of two hospitals", "an increase in wages",
-            "the findings of a long investigation", "a proposal to build a new bridge",
-            "the decision to cut funding", "plans for a music festival", "the latest climate data"]
-_TAILS = ["on Monday", "last week", "after months of debate", "in a statement", "earlier this year",
-          "according to people familiar with the matter", "despite strong objections", "without comment",
-          "at a press conference", "in an interview"]
+_SUBJECTS = [
+    "The city council",
+    "A local reporter",
+    "The new policy",
+    "Our research team",
+    "The company",
+    "Many residents",
+    "The government",
+    "A spokesperson",
+    "The study",
+    "Several experts",
+    "The committee",
+    "Local businesses",
+    "The report",
+    "Officials",
+    "The school board",
+]
+_VERBS = [
+    "announced",
+    "questioned",
+    "supported",
+    "rejected",
+    "reviewed",
+    "described",
+    "welcomed",
+    "criticized",
+    "delayed",
+    "approved",
+    "investigated",
+    "explained",
+    "confirmed",
+    "proposed",
+]
+_OBJECTS = [
+    "a plan to expand public transport",
+    "the budget for next year",
+    "changes to the tax code",
+    "a report on housing prices",
+    "the results of the election",
+    "new rules for online privacy",
+    "a deal with its largest supplier",
+    "the closure of two hospitals",
+    "an increase in wages",
+    "the findings of a long investigation",
+    "a proposal to build a new bridge",
+    "the decision to cut funding",
+    "plans for a music festival",
+    "the latest climate data",
+]
+_TAILS = [
+    "on Monday",
+    "last week",
+    "after months of debate",
+    "in a statement",
+    "earlier this year",
+    "according to people familiar with the matter",
+    "despite strong objections",
+    "without comment",
+    "at a press conference",
+    "in an interview",
+]
 
 
 def documents(n: int, seed: int = 0) -> list[str]:
@@ -134,31 +184,21 @@ def save_gpt2(directory: Path, vocab_size: int, eos_id: int, seed: int = 0) -> N
     from transformers import GPT2Config, GPT2LMHeadModel
 
     # n_ctx is not a GPT2Config field in transformers 5, but transformer_lens reads it
-    config = GPT2Config(vocab_size=vocab_size, n_ctx=GPT2_TINY["n_positions"], bos_token_id=eos_id,
-                        eos_token_id=eos_id, **GPT2_TINY)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_ctx=GPT2_TINY["n_positions"], bos_token_id=eos_id, eos_token_id=eos_id, **GPT2_TINY
+    )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim >= 2:
                 p.normal_(0, 0.2)
     model.save_pretrained(str(directory))
 
 
 def save_sae(directory: Path, d_in: int, hook: str, d_sae: int = D_SAE, seed: int = 0) -> None:
-    """A standard ReLU SAE reading ``hook``, saved with sae_lens's ``save_model``."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(seed)
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook, model_name="gpt2-small")))
-    with torch.no_grad():
-        W = torch.randn(d_in, d_sae)
-        W = W / W.norm(dim=0)
-        sae.W_enc.copy_(W)
-        sae.W_dec.copy_(W.T)
-        sae.b_enc.fill_(-0.3)
-        sae.b_dec.zero_()
+    """A standard ReLU SAE reading ``hook`` (helpers.make_sae), saved with sae_lens's ``save_model``."""
+    sae = make_sae(d_in, d_sae, hook, seed=seed, b_enc=-0.3, model_name="gpt2-small")
     directory.mkdir(parents=True, exist_ok=True)
     sae.save_model(directory)
 
@@ -180,8 +220,14 @@ class HfCache:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment for a subprocess that must see only this cache, offline."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-        env.update(HF_HOME=str(self.home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                   HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false", **extra)
+        env.update(
+            HF_HOME=str(self.home),
+            HF_HUB_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            TOKENIZERS_PARALLELISM="false",
+            **extra,
+        )
         return env
 
 

@@ -59,15 +59,26 @@ def fault_plugin_path(tmp_path_factory) -> str:
 def tiny_overrides(model_dir: Path, sae_dir: Path, out: Path | None = None, name: str | None = None) -> list[str]:
     run = ([f"run.out_dir={out}"] if out else []) + ([f"run.name={name}"] if name else [])
     return [
-        f"model.path={model_dir}", "sae.source=disk", f"sae.path={sae_dir}", "data.n_ctx=8", "data.n_prompts=6",
-        "data.n_stats=40", "data.n_pool=10", "schedule.n_steps=5", *run, "run.progress=false",
+        f"model.path={model_dir}",
+        "sae.source=disk",
+        f"sae.path={sae_dir}",
+        "data.n_ctx=8",
+        "data.n_prompts=6",
+        "data.n_stats=40",
+        "data.n_pool=10",
+        "schedule.n_steps=5",
+        *run,
+        "run.progress=false",
     ]
 
 
 # hydra/launcher=slurm with the resources of this one-node CPU cluster
 LOCAL_LAUNCHER = [
-    "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gres=null",
-    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.gres=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
 ]
 
 
@@ -107,8 +118,10 @@ class Figures:
     problems: list[str]
 
     def line(self) -> str:
-        return (f"tasks={self.tasks} shards={self.shards} planned_rows={self.planned} present_rows={self.present} "
-                f"lost={self.lost} duplicated={self.duplicated}")
+        return (
+            f"tasks={self.tasks} shards={self.shards} planned_rows={self.planned} present_rows={self.present} "
+            f"lost={self.lost} duplicated={self.duplicated}"
+        )
 
 
 def completeness(results: Path) -> Figures:

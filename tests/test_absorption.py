@@ -9,8 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import make_sae, with_
-from sensdir.directions.probe import LETTERS, alpha_vocab, f1_score, fit_logistic, letter_probes
+from helpers import make_sae, with_
 from sensdir.studies.absorption import (
     Absorption,
     AbsorptionConfig,
@@ -19,16 +18,20 @@ from sensdir.studies.absorption import (
     choose_main_latents,
     decoder_cos,
 )
+from sensdir.tasks.first_letter import LETTERS, alpha_vocab, f1_score, fit_logistic, letter_probes
 
 # d = 4, probe direction u = e0. Latent 0 is the main latent (decoder e0, cos 1); latent 1 an
 # aligned absorber (cos 0.6); latent 2 weakly aligned (cos 0.05: a full-absorption latent by
 # SAEBench's 0.025 but not a fraction candidate, which needs 0.1); latent 3 orthogonal.
-W_DEC = torch.tensor([
-    [1.0, 0.0, 0.0, 0.0],
-    [0.6, 0.8, 0.0, 0.0],
-    [0.05, math.sqrt(1 - 0.05**2), 0.0, 0.0],
-    [0.0, 0.0, 0.0, 1.0],
-], dtype=torch.float64)
+W_DEC = torch.tensor(
+    [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.6, 0.8, 0.0, 0.0],
+        [0.05, math.sqrt(1 - 0.05**2), 0.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ],
+    dtype=torch.float64,
+)
 U = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
 
 
@@ -189,8 +192,9 @@ def tiny_model_site(tiny_cfg):
 
 
 def test_probe_direction_is_the_unit_weight_row(tiny_model_site):
-    from sensdir.directions import DIRECTIONS, DirectionContext
+    from sensdir.directions import DIRECTIONS
     from sensdir.directions.probe import ProbeConfig
+    from sensdir.walk_types import DirectionContext
 
     model, sae, site = tiny_model_site
     cfg = ProbeConfig(letter="S", n_icl_examples=0)
@@ -207,14 +211,17 @@ def test_probe_direction_is_the_unit_weight_row(tiny_model_site):
 
 
 def test_probe_direction_needs_the_model_and_a_letter():
-    from sensdir.directions import DIRECTIONS, DirectionContext
+    from sensdir.directions import DIRECTIONS
     from sensdir.directions.probe import ProbeConfig
     from sensdir.errors import ConfigError
+    from sensdir.walk_types import DirectionContext
 
     with pytest.raises(ConfigError, match="letter="):
         ProbeConfig(letter="a")
     with pytest.raises(ConfigError, match="model"):
-        DIRECTIONS.build(ProbeConfig(), DirectionContext(sae=make_sae(4, 8, "blocks.0.hook_resid_pre"), stats=None, pool_PD=torch.zeros(1, 4)))
+        DIRECTIONS.build(
+            ProbeConfig(), DirectionContext(sae=make_sae(4, 8, "blocks.0.hook_resid_pre"), stats=None, pool_PD=torch.zeros(1, 4))
+        )
 
 
 def _probes_fitted_on_every_word(data, l2):
@@ -222,7 +229,7 @@ def _probes_fitted_on_every_word(data, l2):
     test fits them on every word (test split included) to have true positives to score."""
     from dataclasses import replace
 
-    from sensdir.directions.probe import fit_letter_probes
+    from sensdir.tasks.first_letter import fit_letter_probes
 
     probes = fit_letter_probes(replace(data, train_N=torch.ones_like(data.train_N)), l2)
     te = ~data.train_N

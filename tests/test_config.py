@@ -44,11 +44,14 @@ def test_plugin_field_override_is_typed():
         _compose("direction=synth_struct", "direction.anchor_cos=abc")
 
 
-@pytest.mark.parametrize("override, field", [
-    ("direction.anchor_coss=0.3", "anchor_coss"),
-    ("model.dtyp=float16", "dtyp"),
-    ("run.seeed=1", "seeed"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("direction.anchor_coss=0.3", "anchor_coss"),
+        ("model.dtyp=float16", "dtyp"),
+        ("run.seeed=1", "seeed"),
+    ],
+)
 def test_misspelt_key_names_the_field(override, field):
     with pytest.raises(ConfigCompositionException) as e:
         _compose(override)
@@ -77,7 +80,9 @@ def test_typo_in_a_yaml_file_fails_at_startup(tmp_path):
     (tmp_path / "model" / "typo.yaml").write_text("source: embedded\ndtyp: float16\n")
     res = subprocess.run(
         [sys.executable, "-m", "sensdir.run", "--config-dir", str(tmp_path), "model=typo", f"run.out_dir={tmp_path}/out"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode != 0
     assert "dtyp" in res.stderr and "ModelConfig" in res.stderr

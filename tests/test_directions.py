@@ -7,66 +7,27 @@ from collections import Counter
 
 import pytest
 import torch
-from sae_lens import StandardSAE, StandardSAEConfig
 
-from sensdir.directions import DIRECTIONS, DirectionContext, Proposal, SiteStats
+from helpers import build_direction, make_direction_context, make_direction_sae, make_stats, propose, random_bases
+from sensdir.directions import DIRECTIONS
+from sensdir.walk_types import DirectionContext
 
 D_IN, D_SAE, N_POOL, N_BASE = 16, 64, 50, 8
 TARGET_TYPES = ["real", "random", "isotropic", "synth_baseline", "synth_struct", "sae_recon"]
 RANDOMISED = ["real", "random", "isotropic", "synth_baseline", "sae_recon"]
 
 
-def make_sae() -> StandardSAE:
-    """Random unit decoder rows, tied encoder, a negative encoder bias: a handful of latents
-    fire on a Gaussian input."""
-    g = torch.Generator().manual_seed(1)
-    sae = StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE))
-    w_SD = torch.randn(D_SAE, D_IN, generator=g)
-    w_SD /= w_SD.norm(dim=-1, keepdim=True)
-    with torch.no_grad():
-        sae.W_dec.copy_(w_SD)
-        sae.W_enc.copy_(w_SD.T)
-        sae.b_enc.fill_(-2.0)
-        sae.b_dec.copy_(0.1 * torch.randn(D_IN, generator=g))
-    return sae
-
-
-def make_stats() -> SiteStats:
-    g = torch.Generator().manual_seed(2)
-    mu_D = torch.randn(D_IN, generator=g)
-    a_DD = torch.randn(D_IN, D_IN, generator=g) / D_IN**0.5
-    cov_DD = a_DD @ a_DD.T + 0.01 * torch.eye(D_IN)
-    # Frequencies on a coarse grid (many exact ties, to exercise the tie-breaking) with 10 dead
-    # latents; latents 0..9 are dead, so some of them fire on the bases and must move away.
-    freq_S = torch.randint(1, 12, (D_SAE,), generator=g).float() / 100
-    freq_S[:10] = 0.0
-    return SiteStats(
-        mu_D=mu_D,
-        cov_DD=cov_DD,
-        chol_DD=torch.linalg.cholesky(cov_DD),
-        median_norm=3.5,
-        firing_freq_S=freq_S,
-    )
-
-
 @pytest.fixture(scope="module")
 def ctx() -> DirectionContext:
-    g = torch.Generator().manual_seed(3)
-    return DirectionContext(sae=make_sae(), stats=make_stats(), pool_PD=2.0 * torch.randn(N_POOL, D_IN, generator=g))
+    """Unit decoder rows, 10 dead latents in the stats; latents 0..9 are dead, so some of them
+    fire on the bases and must move away."""
+    sae = make_direction_sae(D_IN, D_SAE, seed=1)
+    return make_direction_context(sae, make_stats(D_IN, D_SAE, seed=2, n_dead=10), N_POOL, seed=3)
 
 
 @pytest.fixture(scope="module")
 def base_BD() -> torch.Tensor:
-    return 2.0 * torch.randn(N_BASE, D_IN, generator=torch.Generator().manual_seed(4))
-
-
-def build(name: str, ctx: DirectionContext, **kw):
-    return DIRECTIONS.build(DIRECTIONS.get(name).config_cls(**kw), ctx)
-
-
-def propose(name: str, ctx, base_BD, seed: int = 0, **kw) -> Proposal:
-    idx_B = torch.arange(base_BD.shape[0])
-    return build(name, ctx, **kw).propose(base_BD, idx_B, torch.Generator().manual_seed(seed))
+    return random_bases(N_BASE, D_IN, seed=4)
 
 
 def freq_neighbours(freq: list[float], i: int, excluded: set[int], k: int) -> list[int]:
@@ -147,7 +108,7 @@ def test_synth_baseline_bag_of_latents(ctx, base_BD):
     """synth_baseline: L0 and the multiset of nonzero values are kept; no dead latent is used;
     each latent i moves (in index order) to one of the n_neighbours latents nearest to i in
     frequency among those not yet chosen; T == decode(f')."""
-    direction = build("synth_baseline", ctx)
+    direction = build_direction("synth_baseline", ctx)
     with torch.no_grad():
         f_BS = ctx.sae.encode(base_BD)
     codes = direction.synthesize(f_BS, torch.Generator().manual_seed(0))
@@ -175,7 +136,7 @@ def test_synth_baseline_bag_of_latents(ctx, base_BD):
 def test_synth_baseline_draws_uniformly_among_neighbours(ctx):
     """synth_baseline: over many draws, a single active latent lands on each of its 10
     frequency neighbours, and on nothing else."""
-    direction = build("synth_baseline", ctx)
+    direction = build_direction("synth_baseline", ctx)
     i = 20
     f_1S = torch.zeros(1, D_SAE)
     f_1S[0, i] = 1.5
@@ -189,7 +150,7 @@ def test_synth_baseline_draws_uniformly_among_neighbours(ctx):
 def test_synth_baseline_fewer_candidates_than_neighbours(ctx):
     """synth_baseline: with n_neighbours larger than the live latents, every move still lands
     on a distinct live latent (all remaining candidates are used)."""
-    direction = build("synth_baseline", ctx, n_neighbours=1000)
+    direction = build_direction("synth_baseline", ctx, n_neighbours=1000)
     alive = torch.nonzero(~ctx.stats.dead_S).squeeze(1)
     f_1S = torch.zeros(1, D_SAE)
     f_1S[0, alive[:30]] = torch.arange(1, 31).float()
@@ -204,7 +165,7 @@ def test_synth_struct(ctx, base_BD, n_anchor_candidates):
     latents nearest to t in frequency (not t, not dead), the one whose decoder cosine with t is
     closest to 0.42; every other latent goes (by decreasing value) to the unused live latent j
     with cos(c, j) closest to cos(t, i); L0 and values are kept; T == decode(f')."""
-    direction = build("synth_struct", ctx, n_anchor_candidates=n_anchor_candidates)
+    direction = build_direction("synth_struct", ctx, n_anchor_candidates=n_anchor_candidates)
     with torch.no_grad():
         f_BS = ctx.sae.encode(base_BD)
         w_SD = ctx.sae.W_dec / ctx.sae.W_dec.norm(dim=-1, keepdim=True)

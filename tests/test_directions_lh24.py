@@ -9,13 +9,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from sae_lens import StandardSAE, StandardSAEConfig
 
-from sensdir.directions import DIRECTIONS, DirectionContext, Proposal, SiteStats
+from helpers import build_direction, make_direction_context, make_direction_sae, make_stats, propose, random_bases, with_
+from sensdir.directions import DIRECTIONS
 from sensdir.errors import ConfigError
 from sensdir.schedules import SCHEDULES
 from sensdir.schedules.lengths import LengthsConfig
 from sensdir.schedules.relative import RelativeConfig
+from sensdir.walk_types import DirectionContext
 
 D_IN, D_SAE, N_POOL, N_BASE = 16, 64, 50, 8
 N_DEAD = 10  # latents 0..9 never fire in the stats
@@ -32,49 +33,16 @@ RANDOMISED = [n for n in UNIT_TYPES if n != "sae_error"]
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def make_sae() -> StandardSAE:
-    """Random decoder rows of unequal norms (so normalising matters), tied encoder, a negative
-    encoder bias: a handful of latents fire on a Gaussian input."""
-    g = torch.Generator().manual_seed(11)
-    sae = StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE))
-    w_SD = torch.randn(D_SAE, D_IN, generator=g)
-    w_SD /= w_SD.norm(dim=-1, keepdim=True)
-    with torch.no_grad():
-        sae.W_dec.copy_(w_SD * torch.linspace(0.5, 2.0, D_SAE)[:, None])
-        sae.W_enc.copy_(w_SD.T)
-        sae.b_enc.fill_(-2.0)
-        sae.b_dec.copy_(0.1 * torch.randn(D_IN, generator=g))
-    return sae
-
-
-def make_stats(n_dead: int = N_DEAD) -> SiteStats:
-    g = torch.Generator().manual_seed(12)
-    mu_D = torch.randn(D_IN, generator=g)
-    a_DD = torch.randn(D_IN, D_IN, generator=g) / D_IN**0.5
-    cov_DD = a_DD @ a_DD.T + 0.01 * torch.eye(D_IN)
-    freq_S = torch.randint(1, 12, (D_SAE,), generator=g).float() / 100
-    freq_S[:n_dead] = 0.0
-    return SiteStats(mu_D=mu_D, cov_DD=cov_DD, chol_DD=torch.linalg.cholesky(cov_DD), median_norm=3.5, firing_freq_S=freq_S)
-
-
 @pytest.fixture(scope="module")
 def ctx() -> DirectionContext:
-    g = torch.Generator().manual_seed(13)
-    return DirectionContext(sae=make_sae(), stats=make_stats(), pool_PD=2.0 * torch.randn(N_POOL, D_IN, generator=g))
+    """Decoder rows of unequal norms (so normalising matters), N_DEAD dead latents in the stats."""
+    sae = make_direction_sae(D_IN, D_SAE, seed=11, decoder_norms=(0.5, 2.0))
+    return make_direction_context(sae, make_stats(D_IN, D_SAE, seed=12, n_dead=N_DEAD), N_POOL, seed=13)
 
 
 @pytest.fixture(scope="module")
 def base_BD() -> torch.Tensor:
-    return 2.0 * torch.randn(N_BASE, D_IN, generator=torch.Generator().manual_seed(14))
-
-
-def build(name: str, ctx: DirectionContext, **kw):
-    return DIRECTIONS.build(DIRECTIONS.get(name).config_cls(**kw), ctx)
-
-
-def propose(name: str, ctx, base_BD, seed: int = 0, **kw) -> Proposal:
-    idx_B = torch.arange(base_BD.shape[0])
-    return build(name, ctx, **kw).propose(base_BD, idx_B, torch.Generator().manual_seed(seed))
+    return random_bases(N_BASE, D_IN, seed=14)
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
@@ -213,7 +181,7 @@ def test_real_mixture_needs_two_pool_rows(ctx):
     """real_mixture with fewer than two pool activations is refused when built."""
     tiny = DirectionContext(sae=ctx.sae, stats=ctx.stats, pool_PD=ctx.pool_PD[:1])
     with pytest.raises(ConfigError, match="n_pool"):
-        build("real_mixture", tiny)
+        build_direction("real_mixture", tiny)
 
 
 # --------------------------------------------------------------------------- *_itself
@@ -364,9 +332,9 @@ def test_sae_feature_empty_group_is_refused_when_built(ctx):
     """sae_feature: group=dead with no dead latent in the stats (or alive with every latent
     dead) is refused when the type is built, naming the group."""
     for n_dead, group in ((0, "dead"), (D_SAE, "alive")):
-        other = DirectionContext(sae=ctx.sae, stats=make_stats(n_dead=n_dead), pool_PD=ctx.pool_PD)
+        other = DirectionContext(sae=ctx.sae, stats=make_stats(D_IN, D_SAE, seed=12, n_dead=n_dead), pool_PD=ctx.pool_PD)
         with pytest.raises(ConfigError, match=f"group='{group}'"):
-            build("sae_feature", other, group=group)
+            build_direction("sae_feature", other, group=group)
 
 
 def test_sae_feature_invalid_group_names_the_choices():
@@ -427,7 +395,6 @@ def test_works_under_inference_mode(name, ctx, base_BD):
 def test_job_writes_the_info_columns(direction, schedule, tiny_cfg):
     """run_job on the tiny model: sae_error's natural length and sae_feature's latent columns
     reach the shard; step 0 is the clean run."""
-    from conftest import with_
     from sensdir.job import run_job
 
     cfg = with_(tiny_cfg, direction=DIRECTIONS.get(direction).config_cls(), schedule=schedule, data={"n_prompts": 4})

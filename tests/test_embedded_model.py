@@ -48,8 +48,7 @@ def test_gpt_matches_hooked_transformer():
 def test_state_dict_names_and_shapes_match():
     cfg = GPTConfig()
     ours = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in _hooked(cfg).state_dict().items()
-              if k.split(".")[-1] not in ALLOWED_MISSING}
+    theirs = {k: tuple(v.shape) for k, v in _hooked(cfg).state_dict().items() if k.split(".")[-1] not in ALLOWED_MISSING}
     assert ours == theirs
 
 
@@ -94,8 +93,7 @@ def test_gpt_loads_shipped_weights_and_matches():
     from sensdir.embedded import load_embedded_model
 
     cfg_json = json.loads((ASSETS / "config.json").read_text())
-    gpt = GPT(GPTConfig(**{k: cfg_json[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp",
-                                                   "d_vocab", "n_ctx")}))
+    gpt = GPT(GPTConfig(**{k: cfg_json[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")}))
     gpt.load_state_dict({k: v.float() for k, v in load_file(str(ASSETS / "model.safetensors")).items()})
     gpt.eval()
     model = load_embedded_model()
@@ -138,6 +136,7 @@ def test_corpus_splits_are_deterministic_and_disjoint():
 
 def test_task_generators_respect_holdouts():
     from sensdir.embedded import tasks
+    from sensdir.tasks.ioi import HELDOUT_TEMPLATES
 
     for split in ("train", "heldout_pairs", "heldout_templates"):
         exs = tasks.ioi_eval_set(split, 200, seed=3)
@@ -148,7 +147,7 @@ def test_task_generators_respect_holdouts():
             first = e.prompt.index(e.io) < e.prompt.index(e.s)
             assert e.io_pos == (0 if first else 1) and e.pattern == ("ABB" if first else "BAB")
             assert tasks.is_heldout_pair(e.io, e.s) == (split != "train")
-            assert (e.template in tasks.HELDOUT_TEMPLATES) == (split == "heldout_templates")
+            assert (e.template in HELDOUT_TEMPLATES) == (split == "heldout_templates")
     words = ["cat", "dog", "apple", "zebra", "house", "mouse", "table", "river", "stone", "light"] * 3
     seen, unseen = tasks.split_words(sorted(set(words)))
     for w in unseen:
@@ -163,9 +162,24 @@ def test_train_cli_smoke(tmp_path):
     from sensdir.embedded import MODEL_DIR, train
 
     data_dir = tmp_path / "data"
-    m = train.main(["--device", "cpu", "--data-dir", str(data_dir), "--tokenizer", str(MODEL_DIR / "tokenizer"),
-                    "--out", str(tmp_path / "out"), "--tokens", "512", "--batch-size", "4",
-                    "--eval-every", "0"])
+    m = train.main(
+        [
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(data_dir),
+            "--tokenizer",
+            str(MODEL_DIR / "tokenizer"),
+            "--out",
+            str(tmp_path / "out"),
+            "--tokens",
+            "512",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "0",
+        ]
+    )
     assert m["training"]["steps"] == 1
     for name in ("model.safetensors", "config.json", "metrics.json", "tokenizer/tokenizer.json"):
         assert (tmp_path / "out" / name).exists()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sensdir.embedded.sae_metrics import (
+from helpers import heldout_activations
+from sensdir.sae_metrics import (
     ReconstructionStats,
     ce_loss_recovered,
     dead_fraction,
@@ -97,7 +98,7 @@ def test_streaming_stats_match_whole_tensor():
 
 
 def test_stream_rows():
-    from sensdir.embedded.train_saes import stream_rows
+    from sensdir.embedded.sae_data import stream_rows
 
     rows = stream_rows(torch.arange(10), 4)
     assert rows.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
@@ -136,8 +137,8 @@ def test_index_covers_family():
 @needs_saes
 @pytest.mark.parametrize("entry", SHIPPED, ids=[f"{e['site']}/{e['name']}" for e in SHIPPED])
 def test_shipped_sae_loads(entry):
-    from safetensors.torch import load_file
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
     path = SAE_ROOT / entry["path"]
     sae = SAE.load_from_disk(path)
@@ -161,12 +162,7 @@ def test_shipped_sae_loads(entry):
 def heldout_acts():
     if not (MODEL_DIR / "model.safetensors").is_file():
         pytest.skip("embedded model not built")
-    from sensdir.embedded.train_saes import collect_activations, corpus_rows, load_model
-
-    torch.manual_seed(0)
-    model = load_model()
-    rows = corpus_rows(model, "heldout", model.cfg.n_ctx, max_rows=24)
-    return collect_activations(model, rows, SITES)
+    return heldout_activations(SITES, max_rows=24, seed=0)
 
 
 @needs_saes
@@ -194,7 +190,8 @@ def test_tiny_training_run(tmp_path):
     """End to end on a random model: train, ship (float16 on disk), reload, card + index."""
     from sae_lens import SAE
 
-    from sensdir.embedded.train_saes import SaeSpec, TrainSettings, run
+    from sensdir.embedded.sae_family import SaeSpec, TrainSettings
+    from sensdir.embedded.train_saes import run
 
     settings = TrainSettings(seed=0, train_tokens=4 * 512, batch_size=512, eval_rows=4, ce_rows=2, threads=1)
     family = {"blocks.1.hook_resid_pre": (SaeSpec("t", "topk", k=4), SaeSpec("g", "gated", l1_coefficient=1.0))}

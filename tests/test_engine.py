@@ -15,7 +15,9 @@ def model(tiny_model_dir):
     return load_model_dir(tiny_model_dir)
 
 
-@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
+@pytest.mark.parametrize(
+    "hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+)
 @pytest.mark.parametrize("path", ["lean", "kv_cache", "full"])
 @pytest.mark.parametrize("T", [7, 1], ids=["T7", "T1-no-prefix"])
 def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, path, T):
@@ -133,10 +135,10 @@ def test_all_positions_equal_naive_per_position_average(model):
         store = {}
 
         def overwrite(resid, hook):
-            return acts_BTKD[b].permute(1, 0, 2).contiguous()
+            return acts_BTKD[b].permute(1, 0, 2).contiguous()  # noqa: B023 - hooks run within this iteration
 
         def grab(resid, hook):
-            store["final"] = resid
+            store["final"] = resid  # noqa: B023 - hooks run within this iteration
 
         logits = model.run_with_hooks(tokens_BT[b].expand(K, -1), fwd_hooks=[(site.hook, overwrite), (final_hook(2), grab)])
         kl = torch.stack([kl_from_logits(logits[:1, p].expand(K, -1), logits[:, p]) for p in range(T - 1)], -1).mean(-1)

@@ -12,7 +12,7 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import with_
+from helpers import TINY_NAMES, TINY_TEMPLATES, with_
 from sensdir.directions import DIRECTIONS
 from sensdir.job import run_job
 from sensdir.schedules import SCHEDULES
@@ -29,7 +29,6 @@ def _direction_cfg(name):
         return ProbeConfig(letter="S", n_icl_examples=0)
     if name == "supervised":
         from sensdir.directions.supervised import SupervisedConfig
-        from test_ioi_supervised import TINY_NAMES, TINY_TEMPLATES
 
         return SupervisedConfig(attribute="io_pos", custom_templates=TINY_TEMPLATES, names=TINY_NAMES, n_prompts=40)
     return DIRECTIONS.get(name).config_cls()

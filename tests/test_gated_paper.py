@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-SAE_ROOT = (
-    Path(__file__).resolve().parents[1] / "sensdir" / "embedded" / "assets" / "saes"
-)
+from helpers import heldout_activations
+
+SAE_ROOT = Path(__file__).resolve().parents[1] / "sensdir" / "embedded" / "assets" / "saes"
 SITE = "blocks.1.hook_resid_pre"
 PAPER_NAMES = ("gated-paper-sparse", "gated-paper-mid")
 
@@ -42,25 +42,15 @@ def _paper_sae(d_in=3, d_sae=4, seed=0, l1=0.5):
 def _hand_weights(sae):
     """Fixed, hand-made weights with a mix of open and closed gates."""
     with torch.no_grad():
-        sae.W_enc.copy_(
-            torch.tensor(
-                [[1.0, -1.0, 0.5, 0.0], [0.0, 2.0, -0.5, 1.0], [1.0, 0.0, 1.0, -2.0]]
-            )
-        )
+        sae.W_enc.copy_(torch.tensor([[1.0, -1.0, 0.5, 0.0], [0.0, 2.0, -0.5, 1.0], [1.0, 0.0, 1.0, -2.0]]))
         sae.b_gate.copy_(torch.tensor([-0.5, 0.25, 0.0, 0.1]))
         sae.r_mag.copy_(torch.tensor([0.0, 0.5, -1.0, 0.3]))
         sae.b_mag.copy_(torch.tensor([0.2, -3.0, 0.1, 0.0]))
-        sae.W_dec.copy_(
-            torch.tensor(
-                [[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 1.0], [0.6, -0.8, 0.0]]
-            )
-        )
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 1.0], [0.6, -0.8, 0.0]]))
         sae.b_dec.copy_(torch.tensor([0.1, -0.2, 0.3]))
 
 
-X = torch.tensor(
-    [[1.0, 2.0, -1.0], [0.5, -0.5, 2.0], [-1.0, 1.0, 1.0], [2.0, 0.0, 0.5]]
-)
+X = torch.tensor([[1.0, 2.0, -1.0], [0.5, -0.5, 2.0], [-1.0, 1.0, 1.0], [2.0, 0.0, 0.5]])
 
 
 def _reference(sae, x):
@@ -75,8 +65,7 @@ def _reference(sae, x):
             pi = pre + float(sae.b_gate.detach()[i])
             mag = max(
                 0.0,
-                float(torch.exp(sae.r_mag.detach()[i])) * pre
-                + float(sae.b_mag.detach()[i]),
+                float(torch.exp(sae.r_mag.detach()[i])) * pre + float(sae.b_mag.detach()[i]),
             )
             f.append((1.0 if pi > 0 else 0.0) * mag)
         f = torch.tensor(f)
@@ -91,20 +80,14 @@ def test_forward_matches_methods_formula():
     sae = _paper_sae()
     _hand_weights(sae)
     f_ref, x_hat_ref = _reference(sae, X)
-    assert (f_ref > 0).any() and (
-        f_ref == 0
-    ).any()  # the example exercises both gate states
+    assert (f_ref > 0).any() and (f_ref == 0).any()  # the example exercises both gate states
     with torch.no_grad():
         f = sae.encode(X)
         assert torch.allclose(f, f_ref, atol=1e-6)
         assert torch.allclose(sae.decode(f), x_hat_ref, atol=1e-6)
         assert torch.allclose(sae(X), x_hat_ref, atol=1e-6)
     # the inference class sae_lens loads from disk computes the same
-    inf = GatedSAE(
-        GatedSAEConfig(
-            d_in=3, d_sae=4, dtype="float32", device="cpu", apply_b_dec_to_input=True
-        )
-    )
+    inf = GatedSAE(GatedSAEConfig(d_in=3, d_sae=4, dtype="float32", device="cpu", apply_b_dec_to_input=True))
     inf.load_state_dict(sae.state_dict())
     with torch.no_grad():
         assert torch.allclose(inf(X), x_hat_ref, atol=1e-6)
@@ -121,10 +104,7 @@ def test_forward_matches_methods_formula():
 def _grads(sae, loss):
     sae.zero_grad(set_to_none=True)
     loss.backward()
-    return {
-        n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-        for n, p in sae.named_parameters()
-    }
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in sae.named_parameters()}
 
 
 def test_aux_term_does_not_reach_decoder_but_main_term_does():
@@ -137,13 +117,8 @@ def test_aux_term_does_not_reach_decoder_but_main_term_does():
 
     g_aux = _grads(sae, losses["auxiliary_reconstruction_loss"])
     assert torch.count_nonzero(g_aux["W_dec"]) == 0  # frozen decoder
-    assert (
-        g_aux["W_enc"].abs().sum() > 0 and g_aux["b_gate"].abs().sum() > 0
-    )  # trains the gate path
-    assert (
-        torch.count_nonzero(g_aux["r_mag"]) == 0
-        and torch.count_nonzero(g_aux["b_mag"]) == 0
-    )
+    assert g_aux["W_enc"].abs().sum() > 0 and g_aux["b_gate"].abs().sum() > 0  # trains the gate path
+    assert torch.count_nonzero(g_aux["r_mag"]) == 0 and torch.count_nonzero(g_aux["b_mag"]) == 0
     # b_dec: only the input-centring path inside pi (x - b_dec), never the decoder's b_dec:
     # d aux / d b_dec = -W_gate^T-weighted gradient w.r.t. pi, summed over the batch
     x_c = (X - sae.b_dec.detach()).requires_grad_(True)
@@ -153,16 +128,7 @@ def test_aux_term_does_not_reach_decoder_but_main_term_does():
     (g_xc,) = torch.autograd.grad(aux_ref, x_c)
     assert torch.allclose(g_aux["b_dec"], -g_xc.sum(0), atol=1e-6)
     # ...which differs from the gradient a live decoder (sae_lens's variant) would give
-    live = (
-        (
-            torch.relu((X - sae.b_dec) @ sae.W_enc + sae.b_gate) @ sae.W_dec
-            + sae.b_dec
-            - X
-        )
-        .pow(2)
-        .sum(-1)
-        .mean()
-    )
+    live = (torch.relu((X - sae.b_dec) @ sae.W_enc + sae.b_gate) @ sae.W_dec + sae.b_dec - X).pow(2).sum(-1).mean()
     g_live = _grads(sae, live)
     assert g_live["W_dec"].abs().sum() > 0
     assert not torch.allclose(g_live["b_dec"], g_aux["b_dec"], atol=1e-4)
@@ -171,9 +137,7 @@ def test_aux_term_does_not_reach_decoder_but_main_term_does():
     assert g_mse["W_dec"].abs().sum() > 0 and g_mse["b_dec"].abs().sum() > 0
 
     g_l1 = _grads(sae, paper_gated_losses(sae, X, 0.5)["l1_loss"])
-    assert (
-        torch.count_nonzero(g_l1["W_dec"]) == 0
-    )  # plain L1, no decoder-norm weighting
+    assert torch.count_nonzero(g_l1["W_dec"]) == 0  # plain L1, no decoder-norm weighting
 
 
 def test_training_pass_uses_paper_loss():
@@ -251,13 +215,10 @@ def test_decoder_rows_unit_norm_after_training_steps():
 
 
 def test_parse_spec_gated_paper():
-    from sensdir.embedded.train_saes import FAMILY, SaeSpec, parse_spec
+    from sensdir.embedded.sae_family import FAMILY, SaeSpec, parse_spec
 
     s = parse_spec("gp:gated-paper:4")
-    assert (
-        s == SaeSpec("gp", "gated", l1_coefficient=4.0, loss="paper")
-        and s.kind == "gated-paper"
-    )
+    assert s == SaeSpec("gp", "gated", l1_coefficient=4.0, loss="paper") and s.kind == "gated-paper"
     assert parse_spec("g:gated:3").loss == "sae_lens"
     names = [sp.name for sp in FAMILY[SITE]]
     # appended after the original family (its seeds depend on the position)
@@ -286,11 +247,7 @@ def _shipped(name):
 def heldout_acts():
     if not (SAE_ROOT.parent / "model" / "model.safetensors").is_file():
         pytest.skip("embedded model not built")
-    from sensdir.embedded.train_saes import collect_activations, corpus_rows, load_model
-
-    model = load_model()
-    rows = corpus_rows(model, "heldout", model.cfg.n_ctx, max_rows=24)
-    return collect_activations(model, rows, [SITE])[SITE]
+    return heldout_activations([SITE], max_rows=24)[SITE]
 
 
 @pytest.mark.parametrize("name", PAPER_NAMES)
@@ -307,16 +264,10 @@ def test_shipped_paper_gated_sae(name, heldout_acts):
     assert sae.W_dec.dtype == torch.float32
     # unit-norm rows in the scaled training space: shipped rows have norm 1/scale
     norms = sae.W_dec.norm(dim=-1)
-    assert torch.allclose(
-        norms, torch.full_like(norms, 1 / card["input_scale_folded"]), rtol=2e-3
-    )
+    assert torch.allclose(norms, torch.full_like(norms, 1 / card["input_scale_folded"]), rtol=2e-3)
     with torch.no_grad():
         f = sae.encode(heldout_acts)
     got = float((f != 0).float().sum(-1).mean())
     assert 0.8 * card["l0"] <= got <= 1.25 * card["l0"], (got, card["l0"])
-    index = {
-        e["name"]: e
-        for e in json.loads((SAE_ROOT / "index.json").read_text())["saes"]
-        if e["site"] == SITE
-    }
+    index = {e["name"]: e for e in json.loads((SAE_ROOT / "index.json").read_text())["saes"] if e["site"] == SITE}
     assert index[name]["loss"] == "paper" and index[name]["l0"] == card["l0"]

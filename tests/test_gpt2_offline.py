@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hf_fixtures import PRESET_SAES, empty_hf_cache, hf_cache, hf_offline  # noqa: F401 - fixtures
+from hf_fixtures import PRESET_SAES
 
 REPO = Path(__file__).resolve().parent.parent
 GPT2 = ["model=gpt2-small", "sae=gpt2-small-res-jb", "data=openwebtext", "metric=gpt2"]
@@ -45,10 +45,12 @@ def _assert_one_plain_error(res: subprocess.CompletedProcess, *needles: str) -> 
     return errors[0]
 
 
-def test_cli_runs_gpt2_small_from_the_local_cache(hf_cache, tmp_path):  # noqa: F811
+def test_cli_runs_gpt2_small_from_the_local_cache(hf_cache, tmp_path):
     out = tmp_path / "results"
-    res = _cli(hf_cache, [*GPT2, "data.dataset=parquet", f"data.data_files={hf_cache.parquet}", *SMALL,
-                          f"run.out_dir={out}", "run.name=owt"])
+    res = _cli(
+        hf_cache,
+        [*GPT2, "data.dataset=parquet", f"data.data_files={hf_cache.parquet}", *SMALL, f"run.out_dir={out}", "run.name=owt"],
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     (shard,) = out.glob("owt/real-*/shard-*.parquet")
     rows = pq.read_table(shard).to_pylist()
@@ -62,7 +64,7 @@ def test_cli_runs_gpt2_small_from_the_local_cache(hf_cache, tmp_path):  # noqa: 
 
 
 @pytest.mark.parametrize("release,sae_id", PRESET_SAES, ids=[f"{r}:{s}" for r, s in PRESET_SAES])
-def test_preset_sae_loads_from_the_local_cache(hf_offline, release, sae_id):  # noqa: F811
+def test_preset_sae_loads_from_the_local_cache(hf_offline, release, sae_id):
     # in this process, huggingface_hub's constants patched (hf_offline); the CLI test above
     # covers the same route through HF_HOME / HF_HUB_OFFLINE in a fresh process
     from sae_lens import SAE
@@ -72,7 +74,7 @@ def test_preset_sae_loads_from_the_local_cache(hf_offline, release, sae_id):  # 
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.metadata.hook_name) == (hf_offline.d_model, 128, sae_id)
 
 
-def test_preset_sae_missing_from_the_cache_is_one_plain_error(hf_offline):  # noqa: F811
+def test_preset_sae_missing_from_the_cache_is_one_plain_error(hf_offline):
     from sensdir.config import SaeConfig
     from sensdir.errors import MissingResourceError
     from sensdir.loading import load_sae
@@ -86,7 +88,7 @@ def test_preset_sae_missing_from_the_cache_is_one_plain_error(hf_offline):  # no
     assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
-def test_missing_model_is_one_plain_error(empty_hf_cache, tmp_path):  # noqa: F811
+def test_missing_model_is_one_plain_error(empty_hf_cache, tmp_path):
     out = tmp_path / "results"
     res = _cli(empty_hf_cache, [*GPT2, *SMALL, f"run.out_dir={out}"])
     line = _assert_one_plain_error(res, "cannot load model 'gpt2'", "HF_HUB_OFFLINE", "HF_HOME", str(empty_hf_cache.home))
@@ -112,7 +114,7 @@ _DATA = textwrap.dedent(
 )
 
 
-def test_data_through_datasets_offline(hf_cache, tmp_path):  # noqa: F811
+def test_data_through_datasets_offline(hf_cache, tmp_path):
     """One offline subprocess with the fixture cache: the local Parquet file through the
     same ``datasets`` call as OpenWebText; the hub dataset (not cached) and a missing local
     file as one plain MissingResourceError each."""
@@ -132,7 +134,7 @@ def test_data_through_datasets_offline(hf_cache, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_cli_missing_dataset_with_model_cached_is_one_plain_error(hf_cache, tmp_path):  # noqa: F811
+def test_cli_missing_dataset_with_model_cached_is_one_plain_error(hf_cache, tmp_path):
     out = tmp_path / "results"
     res = _cli(hf_cache, [*GPT2, *SMALL, f"run.out_dir={out}"])
     _assert_one_plain_error(res, "cannot load dataset 'Skylion007/openwebtext'", "data.dataset=parquet")
@@ -140,11 +142,14 @@ def test_cli_missing_dataset_with_model_cached_is_one_plain_error(hf_cache, tmp_
 
 
 @pytest.mark.slow
-def test_unreachable_hub_without_offline_flag_gives_no_retry_spam(empty_hf_cache, tmp_path):  # noqa: F811
+def test_unreachable_hub_without_offline_flag_gives_no_retry_spam(empty_hf_cache, tmp_path):
     # nothing listens on port 9: every request is refused, as on a machine without network;
     # huggingface_hub retries (about 25 s of backoff) before giving up
-    env = {k: v for k, v in empty_hf_cache.env(HF_ENDPOINT="http://127.0.0.1:9").items()
-           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env = {
+        k: v
+        for k, v in empty_hf_cache.env(HF_ENDPOINT="http://127.0.0.1:9").items()
+        if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
     res = _run(["-m", "sensdir.run", *GPT2, *SMALL, f"run.out_dir={tmp_path}"], env, timeout=300)
     _assert_one_plain_error(res, "cannot load model 'gpt2'", "unreachable")
 
@@ -161,12 +166,25 @@ PRESETS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_gpt2_preset_runs_from_the_local_cache(hf_cache, tmp_path, preset):  # noqa: F811
+def test_gpt2_preset_runs_from_the_local_cache(hf_cache, tmp_path, preset):
     extra, n_jobs = PRESETS[preset]
     out = tmp_path / "results"
-    res = _cli(hf_cache, ["-m", f"experiment={preset}", "data.dataset=parquet", f"data.data_files={hf_cache.parquet}",
-                          "data.n_prompts=4", "data.n_stats=60", "data.n_pool=12", "run.progress=false",
-                          f"run.out_dir={out}", *extra], timeout=600)
+    res = _cli(
+        hf_cache,
+        [
+            "-m",
+            f"experiment={preset}",
+            "data.dataset=parquet",
+            f"data.data_files={hf_cache.parquet}",
+            "data.n_prompts=4",
+            "data.n_stats=60",
+            "data.n_pool=12",
+            "run.progress=false",
+            f"run.out_dir={out}",
+            *extra,
+        ],
+        timeout=600,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     shards = sorted(out.glob(f"{preset}/*/shard-*.parquet"))
     assert len(shards) == n_jobs

@@ -9,9 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import with_
-from sensdir.directions.supervised import MeanCodeDictionary, latent_f1, ld_recovered
-from sensdir.ioi_templates import (
+from helpers import TINY_NAMES, TINY_TEMPLATES, with_
+from sensdir.tasks.ioi import (
     attribute_value,
     counterfactual,
     ioi_source,
@@ -20,11 +19,7 @@ from sensdir.ioi_templates import (
     resolve_source,
     sample_prompts,
 )
-
-# The tiny tokenizer (300 tokens) spells names in a few tokens: short names and one short
-# template keep the prompts within the tiny model's n_ctx = 16.
-TINY_TEMPLATES = ("{A} and {B}. {S} to",)
-TINY_NAMES = ("the", "is", "in", "a")  # one token each with a leading space
+from sensdir.tasks.ioi_dictionary import MeanCodeDictionary, latent_f1, ld_recovered
 
 
 def _factorial(d=6, seed=0):
@@ -145,7 +140,7 @@ def tiny_parts(tiny_model_dir, tiny_sae_dir):
 
 
 def _dctx(model, sae, site):
-    from sensdir.directions.base import DirectionContext, SiteStats
+    from sensdir.walk_types import DirectionContext, SiteStats
 
     d = model.cfg.d_model
     stats = SiteStats(torch.zeros(d), torch.eye(d), torch.eye(d), 1.0, torch.zeros(sae.cfg.d_sae))
@@ -154,13 +149,15 @@ def _dctx(model, sae, site):
 
 def test_supervised_direction_walks_exactly_to_the_edit(tiny_parts):
     from sensdir.directions import DIRECTIONS
-    from sensdir.directions.supervised import SupervisedConfig, fit_ioi_dictionary
+    from sensdir.directions.supervised import SupervisedConfig
     from sensdir.schedules import SCHEDULES
     from sensdir.schedules.relative import RelativeConfig
+    from sensdir.tasks.ioi_dictionary import fit_ioi_dictionary
 
     model, sae, site = tiny_parts
-    cfg = SupervisedConfig(attribute="io", from_value="the", to_value="in", custom_templates=TINY_TEMPLATES,
-                           names=TINY_NAMES, n_prompts=60)
+    cfg = SupervisedConfig(
+        attribute="io", from_value="the", to_value="in", custom_templates=TINY_TEMPLATES, names=TINY_NAMES, n_prompts=60
+    )
     d = DIRECTIONS.build(cfg, _dctx(model, sae, site))
     assert d.returns == "scaled_direction" and cfg.label() == "supervised:io"
     base = torch.randn(3, model.cfg.d_model)
@@ -172,8 +169,9 @@ def test_supervised_direction_walks_exactly_to_the_edit(tiny_parts):
     walk = SCHEDULES.build(RelativeConfig(n_steps=5)).walk(base, prop)
     torch.testing.assert_close(walk.acts_BKD[:, -1], base + delta, atol=1e-5, rtol=1e-5)
     # drawn pairs: distinct values, recorded per row
-    drawn = DIRECTIONS.build(SupervisedConfig(attribute="s", custom_templates=TINY_TEMPLATES, names=TINY_NAMES,
-                                              n_prompts=60), _dctx(model, sae, site))
+    drawn = DIRECTIONS.build(
+        SupervisedConfig(attribute="s", custom_templates=TINY_TEMPLATES, names=TINY_NAMES, n_prompts=60), _dctx(model, sae, site)
+    )
     p2 = drawn.propose(base, torch.arange(3), torch.Generator().manual_seed(0))
     assert all(f != t for f, t in zip(p2.info["from_value"], p2.info["to_value"]))
 
@@ -197,8 +195,10 @@ def test_supervised_direction_refuses_bad_config(tiny_parts):
 def _study_cfg(tiny_cfg, **kw):
     from sensdir.studies.ioi_supervised import IoiSupervisedConfig
 
-    return with_(tiny_cfg, study=IoiSupervisedConfig(custom_templates=TINY_TEMPLATES, names=TINY_NAMES, n_prompts=80,
-                                                     test_frac=0.3, batch=32, **kw))
+    return with_(
+        tiny_cfg,
+        study=IoiSupervisedConfig(custom_templates=TINY_TEMPLATES, names=TINY_NAMES, n_prompts=80, test_frac=0.3, batch=32, **kw),
+    )
 
 
 def test_ioi_supervised_study_end_to_end_on_the_tiny_model(tiny_cfg, tmp_path):
@@ -234,10 +234,10 @@ def test_ioi_supervised_study_end_to_end_on_the_tiny_model(tiny_cfg, tmp_path):
 def test_ioi_supervised_reconstruction_of_the_train_prompts_is_their_mean(tiny_cfg):
     """On a single template with names fixed by (io, s), the mean codes of one attribute
     recover that attribute's conditional means (checked through the study's own pieces)."""
-    from sensdir.directions.supervised import PromptRuns
-    from sensdir.loading import check_site, load_model_dir, load_sae
     from sensdir.errors import ConfigError
     from sensdir.job import run_job
+    from sensdir.loading import check_site, load_model_dir, load_sae
+    from sensdir.tasks.ioi_dictionary import PromptRuns
 
     model = load_model_dir(__import__("pathlib").Path(tiny_cfg.model.path))
     sae = load_sae(tiny_cfg.sae, torch.device("cpu"))
@@ -257,8 +257,11 @@ def test_supervised_direction_runs_as_a_walk_job(tiny_cfg):
     from sensdir.directions.supervised import SupervisedConfig
     from sensdir.job import run_job
 
-    cfg = with_(tiny_cfg, direction=SupervisedConfig(attribute="io_pos", custom_templates=TINY_TEMPLATES, names=TINY_NAMES,
-                                                     n_prompts=40), data={"n_prompts": 4})
+    cfg = with_(
+        tiny_cfg,
+        direction=SupervisedConfig(attribute="io_pos", custom_templates=TINY_TEMPLATES, names=TINY_NAMES, n_prompts=40),
+        data={"n_prompts": 4},
+    )
     res = run_job(cfg)
     rows = pq.read_table(res.shard_path).to_pylist()
     assert len(rows) == 4 and res.job_dir.name.startswith("supervised-io_pos-")

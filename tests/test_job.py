@@ -3,13 +3,13 @@
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from importlib.metadata import version
 
-from conftest import make_sae, with_
+from helpers import make_sae, with_
 from sensdir.config import DirectionConfig
 from sensdir.directions.random import RandomConfig
 from sensdir.errors import ConfigError, MissingResourceError, SensdirError
@@ -87,12 +87,23 @@ BAD = {
     "unknown direction": (lambda c, t: with_(c, direction=DirectionConfig(name="nope")), ConfigError, "valid choices: "),
     "SAE hook differs from site": (lambda c, t: with_(c, site={"hook": "blocks.0.hook_resid_pre"}), ConfigError, "the SAE reads"),
     "SAE d_in differs from model": (
-        lambda c, t: with_(c, sae={"path": _other_sae(t, 16, "blocks.1.hook_resid_pre")}), ConfigError, "d_in is 16"),
-    "layer outside the model": (lambda c, t: with_(c, site={"hook": "blocks.7.hook_resid_pre"}), ConfigError, "outside the model's layers 0..1"),
+        lambda c, t: with_(c, sae={"path": _other_sae(t, 16, "blocks.1.hook_resid_pre")}),
+        ConfigError,
+        "d_in is 16",
+    ),
+    "layer outside the model": (
+        lambda c, t: with_(c, site={"hook": "blocks.7.hook_resid_pre"}),
+        ConfigError,
+        "outside the model's layers 0..1",
+    ),
     "fewer than 2 steps": (lambda c, t: with_(c, schedule=type(c.schedule)(n_steps=1)), ConfigError, "at least 2"),
     "more prompts than the data holds": (lambda c, t: with_(c, data={"n_prompts": 10**6}), ConfigError, "holds only"),
     "missing weights directory": (lambda c, t: with_(c, model={"path": str(t / "nowhere")}), MissingResourceError, "nowhere"),
-    "unknown embedded SAE": (lambda c, t: with_(c, sae={"source": "embedded", "sae_id": "blocks.1.hook_resid_pre/nope"}), ConfigError, "valid choices"),
+    "unknown embedded SAE": (
+        lambda c, t: with_(c, sae={"source": "embedded", "sae_id": "blocks.1.hook_resid_pre/nope"}),
+        ConfigError,
+        "valid choices",
+    ),
     "unknown model source": (lambda c, t: with_(c, model={"source": "hubb"}), ConfigError, "transformer_lens"),
 }
 
@@ -111,9 +122,19 @@ def test_bad_input_fails_before_compute_and_writes_nothing(tiny_cfg, tmp_path, c
 def test_cli_bad_input_is_one_clear_line_and_nonzero_exit(tiny_model_dir, tiny_sae_dir, tmp_path):
     out = tmp_path / "out"
     res = subprocess.run(
-        [sys.executable, "-m", "sensdir.run", f"model.path={tiny_model_dir}", "sae.source=disk", f"sae.path={tiny_sae_dir}",
-         "site.hook=blocks.9.hook_resid_pre", f"run.out_dir={out}"],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "sensdir.run",
+            f"model.path={tiny_model_dir}",
+            "sae.source=disk",
+            f"sae.path={tiny_sae_dir}",
+            "site.hook=blocks.9.hook_resid_pre",
+            f"run.out_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert res.returncode == 2
     assert "sensdir: error: site hook 'blocks.9.hook_resid_pre': layer 9 is outside" in res.stderr
@@ -125,10 +146,27 @@ def test_cli_bad_input_is_one_clear_line_and_nonzero_exit(tiny_model_dir, tiny_s
 def test_cli_multirun_writes_one_job_per_direction(tiny_model_dir, tiny_sae_dir, tmp_path):
     out = tmp_path / "out"
     res = subprocess.run(
-        [sys.executable, "-m", "sensdir.run", "-m", "direction=real,random,synth_struct", f"model.path={tiny_model_dir}",
-         "sae.source=disk", f"sae.path={tiny_sae_dir}", "data.n_ctx=8", "data.n_prompts=6", "data.n_stats=40",
-         "data.n_pool=10", "schedule.n_steps=5", f"run.out_dir={out}", "run.name=sweep", "run.progress=false"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sensdir.run",
+            "-m",
+            "direction=real,random,synth_struct",
+            f"model.path={tiny_model_dir}",
+            "sae.source=disk",
+            f"sae.path={tiny_sae_dir}",
+            "data.n_ctx=8",
+            "data.n_prompts=6",
+            "data.n_stats=40",
+            "data.n_pool=10",
+            "schedule.n_steps=5",
+            f"run.out_dir={out}",
+            "run.name=sweep",
+            "run.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     shards = sorted(out.glob("sweep/*/shard-*.parquet"))

@@ -9,16 +9,46 @@ import pytest
 import torch
 
 from sensdir.config import SensdirConfig
-from sensdir.directions import DIRECTIONS, Proposal
+from sensdir.directions import DIRECTIONS
 from sensdir.errors import ConfigError
 from sensdir.schedules import SCHEDULES
 from sensdir.schedules.lengths import DEFAULT_LENGTHS, SHORT_LENGTHS, LengthsConfig
+from sensdir.walk_types import Proposal
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 # METHODS §2, written out: odd 1..19, then 20..48 by 4, then 51..91 by 10
 DEFAULT = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 20, 24, 28, 32, 36, 40, 44, 48, 51, 61, 71, 81, 91]
-SHORT = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9,
-         2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8, 2.9]
+SHORT = [
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+    1.1,
+    1.2,
+    1.3,
+    1.4,
+    1.5,
+    1.6,
+    1.7,
+    1.8,
+    1.9,
+    2.0,
+    2.1,
+    2.2,
+    2.3,
+    2.4,
+    2.5,
+    2.6,
+    2.7,
+    2.8,
+    2.9,
+]
 
 
 def _unit(B: int = 3, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,10 +11,7 @@ import yaml
 from sensdir.reduce import reduce_sweep
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
-EMBEDDED = sorted(
-    p.stem for p in CONF.glob("*.yaml")
-    if "override /model" not in p.read_text() and p.stem != "quickstart"
-)
+EMBEDDED = sorted(p.stem for p in CONF.glob("*.yaml") if "override /model" not in p.read_text() and p.stem != "quickstart")
 SMALL = ["data.n_prompts=6", "data.n_stats=120", "data.n_pool=30", "run.progress=false"]
 STUDY_SMALL = {
     "absorption": ["study.max_words=300"],
@@ -34,7 +31,16 @@ def _n_jobs(name: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EMBEDDED)
 def test_embedded_preset_runs_its_sweep(name, tmp_path):
-    cmd = [sys.executable, "-m", "sensdir.run", "-m", f"experiment={name}", f"run.out_dir={tmp_path}", *SMALL, *STUDY_SMALL.get(name, [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sensdir.run",
+        "-m",
+        f"experiment={name}",
+        f"run.out_dir={tmp_path}",
+        *SMALL,
+        *STUDY_SMALL.get(name, []),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     sweep = tmp_path / name

@@ -216,7 +216,9 @@ def test_cli_refuses_incomplete_data_and_allow_partial_reports_it(tmp_path, caps
     assert "incomplete" in err and victim.name in err and "--allow-partial" in err
     assert not (out / "report.html").exists()
     assert json.loads((out / "completeness.json").read_text())["missing_shards"] == [str(victim)]
-    rc = reduce_main([str(sweep), "--out", str(out), "--wandb", "disabled", "--no-progress", "--allow-partial", "--bootstrap", "20"])
+    rc = reduce_main(
+        [str(sweep), "--out", str(out), "--wandb", "disabled", "--no-progress", "--allow-partial", "--bootstrap", "20"]
+    )
     assert rc == 0
     page = (out / "report.html").read_text()
     assert "Partial data" in page and victim.name in page and "30 planned row(s) missing" in page
@@ -240,7 +242,7 @@ def test_outputs_and_offline_wandb_run_and_no_secret_anywhere(tmp_path, monkeypa
     assert {"curves", "ms_step", "plateau"} <= set(res.figures)
     page = res.html.read_text()
     assert page.count("data:image/png;base64,") == len(res.figures)
-    assert "src=\"http" not in page and "git_commit" in page and job_key(spec) in page
+    assert 'src="http' not in page and "git_commit" in page and job_key(spec) in page
     run_dir = Path(res.wandb["run_dir"])
     assert run_dir.is_dir() and run_dir.is_relative_to(out)
     media = [p.name for p in run_dir.rglob("*") if p.is_file()]
@@ -290,10 +292,9 @@ def test_wandb_report_is_built_offline_with_the_panels(monkeypatch):
 
 @pytest.mark.slow
 def test_reduce_of_real_jobs_on_the_tiny_model(tiny_cfg):
+    from helpers import with_
     from sensdir.directions.random import RandomConfig
     from sensdir.job import run_job
-
-    from conftest import with_
 
     for direction in (tiny_cfg.direction, RandomConfig()):
         for shard in range(2):

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from sensdir.directions.base import Proposal
 from sensdir.metrics import max_slope_step, plateau_length
 from sensdir.schedules import SCHEDULES
 from sensdir.schedules.absolute import AbsoluteConfig
 from sensdir.schedules.relative import RelativeConfig
+from sensdir.walk_types import Proposal
 
 
 def test_registry_lists_schedules():
@@ -62,6 +62,7 @@ def test_fewer_than_two_steps_is_refused():
 
 
 # --- METHODS §4 max-slope rule on hand-made curves ---
+
 
 def test_max_slope_is_the_step_with_the_largest_rise_into_it():
     y = torch.tensor([[0.0, 0.1, 0.2, 1.5, 1.6, 1.7]])

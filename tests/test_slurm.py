@@ -17,13 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from slurm_cluster import (  # noqa: F401 - fixtures
+from sensdir.config import register_configs
+from sensdir.run import expand_shards
+from sensdir.status import sweep_status
+from slurm_cluster import (
     LOCAL_LAUNCHER,
     REPO,
     completeness,
-    fault_plugin_path,
     report,
-    slurm_cluster,
     squeue,
     sweep_command,
     sweep_env,
@@ -31,9 +32,6 @@ from slurm_cluster import (  # noqa: F401 - fixtures
     tiny_overrides,
     wait_for,
 )
-from sensdir.config import register_configs
-from sensdir.run import expand_shards
-from sensdir.status import sweep_status
 
 CONF = str(REPO / "conf")
 
@@ -62,8 +60,11 @@ def test_swept_shard_count_needs_explicit_shards():
 def test_slurm_launcher_config_is_complete_and_overridable():
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=a100", "hydra.launcher.gres=gpu:2"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=a100", "hydra.launcher.gres=gpu:2"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "a100" and launcher.gres == "gpu:2"
@@ -92,7 +93,10 @@ def test_local_multirun_expands_shards_into_jobs(tiny_model_dir, tiny_sae_dir, t
     out = tmp_path / "out"
     res = subprocess.run(
         sweep_command("direction=real,random", "run.shards=2", *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "local")),
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     shards = sorted(p.relative_to(out / "local") for p in out.glob("local/*/shard-*.parquet"))
@@ -120,13 +124,23 @@ def _pid_running(pid: int) -> bool:
 def test_sharded_sweep_runs_as_an_array_and_every_row_is_there_once(slurm_cluster, tiny_model_dir, tiny_sae_dir, tmp_path):
     """launch/sweep.sh, as a cluster user runs it: the array, then the reduce as a dependent job."""
     out = tmp_path / "out"
-    env = sweep_env(slurm_cluster, OUT_DIR=str(out), PYTHON=sys.executable,
-                    REDUCE_ARGS="--wandb disabled --bootstrap 10")
+    env = sweep_env(slurm_cluster, OUT_DIR=str(out), PYTHON=sys.executable, REDUCE_ARGS="--wandb disabled --bootstrap 10")
     t0 = time.monotonic()
     res = subprocess.run(
-        [str(REPO / "launch" / "sweep.sh"), "sweep", *LOCAL_LAUNCHER[1:], "hydra.launcher.timeout_min=5",
-         "direction=real,random,synth_struct", "run.shards=2", *tiny_overrides(tiny_model_dir, tiny_sae_dir)],
-        env=env, capture_output=True, text=True, timeout=180, cwd=REPO,
+        [
+            str(REPO / "launch" / "sweep.sh"),
+            "sweep",
+            *LOCAL_LAUNCHER[1:],
+            "hydra.launcher.timeout_min=5",
+            "direction=real,random,synth_struct",
+            "run.shards=2",
+            *tiny_overrides(tiny_model_dir, tiny_sae_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     reduce_job = re.search(r"^reduce: job (\d+) after afterany:(\d+)", res.stdout, re.M)
@@ -134,8 +148,12 @@ def test_sharded_sweep_runs_as_an_array_and_every_row_is_there_once(slurm_cluste
     results = out / "sweep"
     (sweep_dir,) = [p.parent for p in results.glob("hydra/*/driver.log")]
     driver_pid = int((sweep_dir / "driver.pid").read_text())
-    wait_for(lambda: not _pid_running(driver_pid) and reduce_job.group(1) not in squeue(slurm_cluster), 360,
-             "the sweep and its dependent reduce to end", every=2)
+    wait_for(
+        lambda: not _pid_running(driver_pid) and reduce_job.group(1) not in squeue(slurm_cluster),
+        360,
+        "the sweep and its dependent reduce to end",
+        every=2,
+    )
     wall = time.monotonic() - t0
     assert "Error" not in (sweep_dir / "driver.log").read_text()
 
@@ -171,9 +189,15 @@ def test_killed_and_timed_out_tasks_are_requeued_and_nothing_is_lost_or_duplicat
     # submitit checkpoints and requeues it. The array's own limit (5 min) keeps SLURM's warning
     # signal away from the other tasks.
     env = sweep_env(slurm_cluster, fault_plugin_path, SLURM_FAULTS_SLEEP_S="300")
-    args = [*LOCAL_LAUNCHER, "hydra.launcher.timeout_min=5", "hydra.launcher.signal_delay_s=30",
-            "hydra.launcher.max_num_timeout=2", "direction=real,random,slow_real", "run.shards=2",
-            *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "faults")]
+    args = [
+        *LOCAL_LAUNCHER,
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.signal_delay_s=30",
+        "hydra.launcher.max_num_timeout=2",
+        "direction=real,random,slow_real",
+        "run.shards=2",
+        *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "faults"),
+    ]
     log = (tmp_path / "driver.log").open("w")
     t0, array = time.monotonic(), None
     driver = subprocess.Popen(sweep_command(*args), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -189,7 +213,7 @@ def test_killed_and_timed_out_tasks_are_requeued_and_nothing_is_lost_or_duplicat
 
         plans = {}
         for task, shard in ((killed, 1), (timed_out, 0)):
-            plans[task] = wait_for(lambda: computing(task, shard), 240, f"{task} to compute")
+            plans[task] = wait_for(lambda: computing(task, shard), 240, f"{task} to compute")  # noqa: B023 - waited for here
             assert not plans[task].with_name(plans[task].name.replace(".plan.json", ".manifest.json")).exists()
         slurm_cluster.run("scontrol", "requeue", killed)  # kill mid-run: planned, nothing written
         slurm_cluster.run("scontrol", "update", f"JobId={timed_out}", "TimeLimit=2")
@@ -222,8 +246,11 @@ def test_killed_and_timed_out_tasks_are_requeued_and_nothing_is_lost_or_duplicat
     assert fig.planned == fig.present == 18 and fig.lost == 0 and fig.duplicated == 0
     status = sweep_status(results)
     assert status.counts() == {"done": 6}
-    report("faults", f"{fig.line()} kills=1 (scontrol requeue {killed}) time_limits=1 ({timed_out}, submitit requeue) "
-                     f"requeues=2 wall_s={wall:.0f}")
+    report(
+        "faults",
+        f"{fig.line()} kills=1 (scontrol requeue {killed}) time_limits=1 ({timed_out}, submitit requeue) "
+        f"requeues=2 wall_s={wall:.0f}",
+    )
 
 
 @pytest.mark.slurm
@@ -236,18 +263,30 @@ def test_cancelled_task_is_resubmitted_by_rerunning_the_sweep(
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))  # the status view asks squeue
     out = tmp_path / "out"
     results = out / "resubmit"
-    args = [*LOCAL_LAUNCHER, "hydra.launcher.timeout_min=5", "direction=real,slow_real",
-            *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "resubmit")]
+    args = [
+        *LOCAL_LAUNCHER,
+        "hydra.launcher.timeout_min=5",
+        "direction=real,slow_real",
+        *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "resubmit"),
+    ]
     log = (tmp_path / "driver1.log").open("w")
-    driver = subprocess.Popen(sweep_command(*args), env=sweep_env(slurm_cluster, fault_plugin_path, SLURM_FAULTS_SLEEP_S="300"),
-                              stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    driver = subprocess.Popen(
+        sweep_command(*args),
+        env=sweep_env(slurm_cluster, fault_plugin_path, SLURM_FAULTS_SLEEP_S="300"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     array = None
     try:
         tasks = wait_for(lambda: len(task_dirs(results)) == 2 and task_dirs(results), 120, "the array's 2 tasks")
         array = tasks[0].name.split("_")[0]
         real_manifest = wait_for(lambda: next(iter(results.glob("real-*/shard-*.manifest.json")), None), 240, "real's shard")
-        wait_for(lambda: squeue(slurm_cluster).get(f"{array}_1") == "RUNNING" and any(results.glob("slow_real-*/*.plan.json")),
-                 240, "slow_real to compute")
+        wait_for(
+            lambda: squeue(slurm_cluster).get(f"{array}_1") == "RUNNING" and any(results.glob("slow_real-*/*.plan.json")),
+            240,
+            "slow_real to compute",
+        )
         slurm_cluster.run("scancel", f"{array}_1")
         wait_for(lambda: f"{array}_1" not in squeue(slurm_cluster), 60, "the cancel")
         cancelled = sweep_status(results)
@@ -259,8 +298,14 @@ def test_cancelled_task_is_resubmitted_by_rerunning_the_sweep(
         driver.wait()
         log.close()
     mtime = real_manifest.stat().st_mtime_ns
-    res = subprocess.run(sweep_command(*args), env=sweep_env(slurm_cluster, fault_plugin_path, SLURM_FAULTS_SLEEP_S="0"),
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    res = subprocess.run(
+        sweep_command(*args),
+        env=sweep_env(slurm_cluster, fault_plugin_path, SLURM_FAULTS_SLEEP_S="0"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert real_manifest.stat().st_mtime_ns == mtime  # the finished shard was skipped, not redone
     second = [t for t in task_dirs(results) if t.name.split("_")[0] != array]
@@ -277,10 +322,17 @@ def test_task_with_invalid_config_fails_fast_and_status_names_it(slurm_cluster, 
     out = tmp_path / "out"
     results = out / "bad"
     res = subprocess.run(
-        sweep_command(*LOCAL_LAUNCHER, "hydra.launcher.timeout_min=5",
-                      "site.hook=blocks.1.hook_resid_pre,blocks.9.hook_resid_pre",
-                      *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "bad")),
-        env=sweep_env(slurm_cluster), capture_output=True, text=True, timeout=280, cwd=REPO,
+        sweep_command(
+            *LOCAL_LAUNCHER,
+            "hydra.launcher.timeout_min=5",
+            "site.hook=blocks.1.hook_resid_pre,blocks.9.hook_resid_pre",
+            *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "bad"),
+        ),
+        env=sweep_env(slurm_cluster),
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=REPO,
     )
     assert res.returncode != 0  # the driver reports the failed task
     assert "layer 9 is outside" in res.stdout + res.stderr
@@ -294,13 +346,21 @@ def test_task_with_invalid_config_fails_fast_and_status_names_it(slurm_cluster, 
     assert "sensdir: error: site hook 'blocks.9.hook_resid_pre': layer 9 is outside" in err_log
     assert not bad.plan  # it failed before compute: no plan, no shard
     # fast: the task's own log spans a few seconds, not a computation
-    stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f") for m in
-              re.findall(r"submitit \w+ \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\)", _log_text(Path(bad.log_err).parent))]
+    stamps = [
+        datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f")
+        for m in re.findall(r"submitit \w+ \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\)", _log_text(Path(bad.log_err).parent))
+    ]
     task_s = (max(stamps) - min(stamps)).total_seconds()
     assert task_s < 60
 
-    cli = subprocess.run([sys.executable, "-m", "sensdir.status", str(results)], env=sweep_env(slurm_cluster),
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    cli = subprocess.run(
+        [sys.executable, "-m", "sensdir.status", str(results)],
+        env=sweep_env(slurm_cluster),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert cli.returncode == 1
     assert "failed" in cli.stdout and bad.log_err in cli.stdout and "layer 9 is outside" in cli.stdout
     report("invalid", f"tasks=2 done=1 failed=1 failed_task={bad.task_id} task_s={task_s:.1f} log={bad.log_err}")

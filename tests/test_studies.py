@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import with_
+from helpers import with_
 from sensdir.errors import ConfigError
 from sensdir.job import run_job
 from sensdir.studies import STUDIES
@@ -18,8 +18,7 @@ def test_sae_quality_study_writes_one_row_with_the_metrics(tiny_cfg):
     assert row["n_tokens"] == 8 * 8
     assert 0 <= row["l0"] <= 128 and row["fvu"] > 0 and row["gamma"] > 0
     assert row["ce_zero"] != row["ce_clean"]
-    assert row["ce_loss_recovered"] == pytest.approx(
-        (row["ce_zero"] - row["ce_recon"]) / (row["ce_zero"] - row["ce_clean"]))
+    assert row["ce_loss_recovered"] == pytest.approx((row["ce_zero"] - row["ce_recon"]) / (row["ce_zero"] - row["ce_clean"]))
     assert run_job(cfg).skipped
     import json
 
@@ -40,7 +39,9 @@ def test_reduce_includes_study_tables_beside_walks(tiny_cfg, tmp_path):
 
     run_job(tiny_cfg)
     run_job(with_(tiny_cfg, study=SaeQualityConfig(n_prompts=8, n_ctx=8, batch=4)))
-    res = reduce_sweep(f"{tiny_cfg.run.out_dir}/{tiny_cfg.run.name}", tmp_path / "reduce", wandb="disabled", n_bootstrap=50, progress=False)
+    res = reduce_sweep(
+        f"{tiny_cfg.run.out_dir}/{tiny_cfg.run.name}", tmp_path / "reduce", wandb="disabled", n_bootstrap=50, progress=False
+    )
     assert res.completeness.ok
     import pyarrow.parquet as pq
 

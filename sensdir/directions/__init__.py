@@ -3,12 +3,7 @@
 ``DIRECTIONS.names()`` lists them; ``direction=<name>`` selects one from the command line.
 """
 
-from sensdir.directions.base import (
-    DIRECTIONS,
-    Direction,
-    DirectionContext,
-    Proposal,
-    SiteStats,
-)
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.walk_types import DirectionContext  # noqa: F401  (shim for sensdir/job.py until it moves)
 
-__all__ = ["DIRECTIONS", "Direction", "DirectionContext", "Proposal", "SiteStats"]
+__all__ = ["DIRECTIONS", "Direction"]

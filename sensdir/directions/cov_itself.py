@@ -16,8 +16,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions._common import like_base, normalise_rows
-from sensdir.directions.base import DIRECTIONS, Direction, Proposal
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import like_base, normalise_rows
+from sensdir.walk_types import Proposal
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,7 @@ class CovItselfConfig(DirectionConfig):
 class CovItself(Direction):
     returns = "direction"
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         s_BD = self.ctx.stats.sample_gaussian(base_BD.shape[0], gen).double()
         u_BD, norm_B = normalise_rows(s_BD - base_BD.to(s_BD.device).double())
         info = {"diff_norm": norm_B.float().cpu(), "target_norm": s_BD.norm(dim=-1).float().cpu()}

@@ -28,8 +28,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions._common import like_base, check_choice, normalise_rows, sae_error
-from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
+from sensdir.directions.base import DIRECTIONS, Direction, check_choice
+from sensdir.sae_ops import like_base, normalise_rows, sae_error
+from sensdir.walk_types import DirectionContext, Proposal
 
 NATURAL_LENGTHS = ("none", "sae_error")
 
@@ -70,12 +71,7 @@ class CovMixture(ErrorLengthOption):
     returns = "direction"
     cfg: CovMixtureConfig
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         B = base_BD.shape[0]
         s_2BD = self.ctx.stats.sample_gaussian(2 * B, gen).double()
         u_BD, norm_B = normalise_rows(s_2BD[:B] - s_2BD[B:])

@@ -18,8 +18,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions._common import like_base, normalise_rows, sae_error
-from sensdir.directions.base import DIRECTIONS, Direction, Proposal
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import like_base, normalise_rows, sae_error
+from sensdir.walk_types import Proposal
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,7 @@ class EpsRandomConfig(DirectionConfig):
 class EpsRandom(Direction):
     returns = "scaled_direction"
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         g_BD = torch.randn(base_BD.shape, generator=gen, dtype=torch.float64)  # CPU: reproducible
         u_BD, _ = normalise_rows(g_BD)
         e_BD, _ = sae_error(self.ctx.sae, base_BD)

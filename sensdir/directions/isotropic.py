@@ -14,8 +14,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction, Proposal
-from sensdir.directions.sae_recon import as_target, target_norm
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import like_base, target_norm
+from sensdir.walk_types import Proposal
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,8 @@ class IsotropicConfig(DirectionConfig):
 class Isotropic(Direction):
     returns = "target"
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         g_BD = torch.randn(base_BD.shape, generator=gen, dtype=torch.float64)  # CPU: reproducible
         t_BD = self.ctx.stats.median_norm * g_BD / g_BD.norm(dim=-1, keepdim=True)
-        t_BD = as_target(t_BD, base_BD, self.ctx.device)
+        t_BD = like_base(t_BD, base_BD, self.ctx.device)
         return Proposal(target_BD=t_BD, info={"target_norm": target_norm(t_BD)})

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.walk_types import DirectionContext, Proposal
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction, Proposal
-from sensdir.directions.sae_recon import as_target, target_norm
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import like_base, target_norm
+from sensdir.walk_types import Proposal
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,6 @@ class RandomConfig(DirectionConfig):
 class Random(Direction):
     returns = "target"
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
-        t_BD = as_target(self.ctx.stats.sample_gaussian(base_BD.shape[0], gen), base_BD, self.ctx.device)
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
+        t_BD = like_base(self.ctx.stats.sample_gaussian(base_BD.shape[0], gen), base_BD, self.ctx.device)
         return Proposal(target_BD=t_BD, info={"target_norm": target_norm(t_BD)})

@@ -13,8 +13,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction, Proposal
-from sensdir.directions.sae_recon import as_target, draw_pool_rows, target_norm
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import draw_from_pool, like_base, target_norm
+from sensdir.walk_types import Proposal
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,7 @@ class RealConfig(DirectionConfig):
 class Real(Direction):
     returns = "target"
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
-        pool_PD = self.ctx.pool_PD
-        src_B = draw_pool_rows(pool_PD.shape[0], base_BD.shape[0], gen)
-        t_BD = as_target(pool_PD[src_B.to(pool_PD.device)], base_BD, self.ctx.device)
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
+        src_B, b_BD = draw_from_pool(self.ctx.pool_PD, base_BD.shape[0], gen)
+        t_BD = like_base(b_BD, base_BD, self.ctx.device)
         return Proposal(target_BD=t_BD, info={"source_index": src_B, "target_norm": target_norm(t_BD)})

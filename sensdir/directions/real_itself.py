@@ -20,8 +20,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions._common import like_base, check_pool, draw_pool_rows, normalise_rows
-from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import check_pool, draw_from_pool, like_base, normalise_rows
+from sensdir.walk_types import DirectionContext, Proposal
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,9 @@ class RealItself(Direction):
         super().__init__(cfg, ctx)
         check_pool("real_itself", ctx.pool_PD, 1)
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
-        pool_PD = self.ctx.pool_PD
-        src_B = draw_pool_rows(pool_PD.shape[0], base_BD.shape[0], gen)
-        b_BD = pool_PD[src_B.to(pool_PD.device)].double()
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
+        src_B, b_BD = draw_from_pool(self.ctx.pool_PD, base_BD.shape[0], gen)
+        b_BD = b_BD.double()
         u_BD, norm_B = normalise_rows(b_BD - base_BD.to(b_BD.device).double())
         info = {"source_index": src_B, "diff_norm": norm_B.float().cpu()}
         return Proposal(unit_BD=like_base(u_BD, base_BD, self.ctx.device), info=info)

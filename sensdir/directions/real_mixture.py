@@ -22,9 +22,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions._common import like_base, check_choice, check_pool, draw_distinct_pool_pairs, normalise_rows
-from sensdir.directions.base import DIRECTIONS, DirectionContext, Proposal
+from sensdir.directions.base import DIRECTIONS, check_choice
 from sensdir.directions.cov_mixture import NATURAL_LENGTHS, ErrorLengthOption
+from sensdir.sae_ops import check_pool, draw_distinct_pool_pairs, like_base, normalise_rows
+from sensdir.walk_types import DirectionContext, Proposal
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,7 @@ class RealMixture(ErrorLengthOption):
         super().__init__(cfg, ctx)
         check_pool("real_mixture", ctx.pool_PD, 2)
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         pool_PD = self.ctx.pool_PD
         i_B, j_B = draw_distinct_pool_pairs(pool_PD.shape[0], base_BD.shape[0], gen)
         diff_BD = pool_PD[i_B.to(pool_PD.device)].double() - pool_PD[j_B.to(pool_PD.device)].double()

@@ -24,8 +24,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions._common import l0, like_base, normalise_rows, sae_error
-from sensdir.directions.base import DIRECTIONS, Direction, Proposal
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import l0, like_base, normalise_rows, sae_error
+from sensdir.walk_types import Proposal
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,7 @@ class SaeErrorConfig(DirectionConfig):
 class SaeError(Direction):
     returns = "scaled_direction"
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         e_BD, f_BS = sae_error(self.ctx.sae, base_BD)
         u_BD, norm_B = normalise_rows(e_BD)
         dev = self.ctx.device

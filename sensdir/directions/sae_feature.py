@@ -45,10 +45,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions._common import check_choice, l0, like_base, normalise_rows
-from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
-from sensdir.directions.sae_recon import sae_encode
+from sensdir.directions.base import DIRECTIONS, Direction, check_choice
 from sensdir.errors import ConfigError
+from sensdir.sae_ops import l0, like_base, normalise_rows, sae_encode
+from sensdir.walk_types import DirectionContext, Proposal
 
 log = logging.getLogger("sensdir")
 
@@ -109,12 +109,7 @@ class SaeFeature(Direction):
                 j_B[b] = idx[min(int(float(r_B[b]) * n), n - 1)]
         return j_B
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         f_BS = sae_encode(self.ctx.sae, base_BD)
         j_B = self.choose(f_BS, gen)
         ok_B = j_B >= 0

@@ -25,38 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
-from sensdir.directions.sae_recon import as_target, l0, sae_decode, sae_encode, target_norm
-
-
-def nearest_in_frequency(
-    freq_S: Float[Tensor, " d_sae"],
-    i: int,
-    excluded_S: Bool[Tensor, " d_sae"],
-    k: int,
-) -> Int[Tensor, " k"]:
-    """The ``k`` non-excluded latents closest to latent ``i`` in firing frequency.
-
-    Order: increasing ``|freq_j - freq_i|``, ties broken by increasing index ``j``. Returns
-    fewer than ``k`` latents when fewer are not excluded (possibly none). ``freq_S`` and
-    ``excluded_S`` are CPU tensors; the distances are taken in float64.
-    """
-    dist_S = (freq_S.double() - float(freq_S[i])).abs()
-    dist_S[excluded_S] = float("inf")
-    n = min(k, int((~excluded_S).sum()))
-    if n <= 0:
-        return torch.empty(0, dtype=torch.long)
-    # Every latent at distance <= the n-th smallest is a candidate (this keeps all ties at the
-    # boundary); nonzero lists them by increasing index, so a stable sort on the distance
-    # breaks ties by index. (topk is much faster than kthvalue on the CPU.)
-    kth = torch.topk(dist_S, n, largest=False, sorted=False).values.max()
-    cand_K = torch.nonzero(dist_S <= kth).squeeze(1)
-    order_K = torch.sort(dist_S[cand_K], stable=True).indices
-    return cand_K[order_K[:n]]
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.sae_ops import l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
+from sensdir.walk_types import DirectionContext, Proposal
 
 
 @dataclass
@@ -116,14 +91,9 @@ class SynthBaseline(Direction):
             moves.append(row_moves)
         return SynthCodes(f_cpu_BS, f_new_BS, moves)
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         codes = self.synthesize(sae_encode(self.ctx.sae, base_BD), gen)
-        t_BD = as_target(sae_decode(self.ctx.sae, codes.f_new_BS), base_BD, self.ctx.device)
+        t_BD = like_base(sae_decode(self.ctx.sae, codes.f_new_BS), base_BD, self.ctx.device)
         info = {
             "target_norm": target_norm(t_BD),
             # L0 of the code T is decoded from (equal to base_l0 by construction), not of encode(T)

@@ -33,9 +33,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction, DirectionContext, Proposal
-from sensdir.directions.sae_recon import as_target, l0, sae_decode, sae_encode, target_norm
-from sensdir.directions.synth_baseline import SynthCodes, nearest_in_frequency
+from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.directions.synth_baseline import SynthCodes
+from sensdir.sae_ops import l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
+from sensdir.walk_types import DirectionContext, Proposal
 
 
 @dataclass
@@ -141,14 +142,9 @@ class SynthStruct(Direction):
             row_moves.append((i, j))
         return row_moves
 
-    def propose(
-        self,
-        base_BD: Float[Tensor, "B d"],
-        base_index_B: Int[Tensor, " B"],
-        gen: torch.Generator,
-    ) -> Proposal:
+    def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         codes = self.synthesize(sae_encode(self.ctx.sae, base_BD))
-        t_BD = as_target(sae_decode(self.ctx.sae, codes.f_new_BS), base_BD, self.ctx.device)
+        t_BD = like_base(sae_decode(self.ctx.sae, codes.f_new_BS), base_BD, self.ctx.device)
         info = {
             "anchor_cos": codes.anchor_cos_B,
             "target_l0": l0(codes.f_new_BS),  # L0 of f' (= base_l0), not of encode(T)

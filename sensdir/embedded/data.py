@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sensdir.tasks import ioi
+from sensdir.tasks.first_letter import LETTERS
+
 from . import corpus, tasks
 
 EOT = corpus.EOT
@@ -48,7 +51,7 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    letters = [" ".join(f"the first letter: {c}." for c in tasks.LETTERS)] * 200
+    letters = [" ".join(f"the first letter: {c}." for c in LETTERS)] * 200
     texts = corpus.documents("train") + tasks.ioi_train_texts(TOKENIZER_IOI_SENTENCES, seed=12345) + letters
     tok.train_from_iterator(texts, trainer=trainer)
     check_tokenizer(tok)
@@ -57,7 +60,7 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
 
 def check_tokenizer(tok) -> None:
     assert tok.token_to_id(EOT) == 0, "end-of-text must be token 0"
-    bad = [w for w in [" " + n for n in tasks.NAMES] + [" " + c for c in tasks.LETTERS]
+    bad = [w for w in [" " + n for n in ioi.NAMES] + [" " + c for c in LETTERS]
            if len(tok.encode(w).ids) != 1]
     if bad:
         raise RuntimeError(f"not single tokens: {bad}")
@@ -157,8 +160,8 @@ def prepare(data_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0) ->
         "tokens": {name: int(np.load(data_dir / f"{name}.npy").shape[0])
                    for name in ("prose_train", "prose_heldout", "ioi_train", "first_letter_train")},
         "first_letter_words": ev["first_letter_words"],
-        "ioi": {"names": len(tasks.NAMES), "templates": len(tasks.TEMPLATES),
-                "heldout_templates": sorted(tasks.HELDOUT_TEMPLATES), "train_pool": IOI_POOL},
+        "ioi": {"names": len(ioi.NAMES), "templates": len(ioi.TEMPLATES),
+                "heldout_templates": sorted(ioi.HELDOUT_TEMPLATES), "train_pool": IOI_POOL},
     }
     (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

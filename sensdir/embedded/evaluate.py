@@ -21,7 +21,8 @@ def measure(model_dir: Path | None = None, device: str = "cpu", tasks: tuple[str
             prose: bool = True, max_items: int | None = None) -> dict:
     import torch
 
-    from . import data, load_embedded_model, load_raw_tokenizer, model_dir as _model_dir
+    from . import data, load_embedded_model, load_raw_tokenizer
+    from . import model_dir as _model_dir
     from .corpus import documents, python_tag
     from .metrics import TASKS, evaluate_all
 

@@ -15,8 +15,8 @@ Two generators, both pure Python and driven by a seeded :class:`random.Random`:
 Evaluation helpers return :class:`IOIExample` / :class:`FirstLetterExample` objects whose
 ``prompt`` stops right before the answer and whose ``answer`` (a single token with a leading
 space) is the expected next token; the other attributes (``io``, ``s``, ``io_pos``, ``word``,
-``letter``, ...) are kept for supervised analyses.  The templates, names and word lists are
-written for this project.
+``letter``, ...) are kept for supervised analyses.  The IOI names, places, objects and
+templates are those of :mod:`sensdir.tasks.ioi` (one set for training and evaluation).
 """
 
 from __future__ import annotations
@@ -24,51 +24,25 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import string
 from dataclasses import asdict, dataclass
 from typing import Iterable, Literal, Sequence
 
-NAMES: tuple[str, ...] = (
-    "Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark",
-    "Laura", "Peter", "Kate", "Michael", "Lisa", "Daniel", "Alice", "Robert", "Jane", "George",
-    "Susan", "Henry", "Grace", "Frank", "Helen", "Jack", "Ruth", "Martin", "Amy", "Simon",
-    "Rose", "Adam", "Claire", "Eric", "Julia", "Ben", "Lucy", "Sam", "Nancy", "Carl",
-    "Diana", "Kevin", "Fred", "Ellen", "Victor", "Joan", "Oscar", "Irene", "Tim", "Sophie",
+from sensdir.tasks.first_letter import SUFFIX
+from sensdir.tasks.ioi import (
+    HELDOUT_TEMPLATES,
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TEMPLATES,
+    TRAIN_TEMPLATES,
+    IOIExample,
+    IOISource,
+    make_prompt,
 )
 
-PLACES: tuple[str, ...] = (
-    "store", "park", "school", "office", "station", "garden", "market", "library",
-    "hospital", "beach", "restaurant", "house", "museum", "church", "bank", "river",
-)
-
-OBJECTS: tuple[str, ...] = (
-    "drink", "book", "ball", "key", "letter", "ring", "bag", "pen", "cake", "gift",
-    "phone", "map", "box", "coin", "hat", "ticket",
-)
-
-# {A} and {B} are the two names introduced first, {S} is the repeated subject; the prompt ends
-# right before the indirect object.
-TEMPLATES: tuple[str, ...] = (
-    "When {A} and {B} went to the {place}, {S} gave the {object} to",
-    "After {A} and {B} arrived at the {place}, {S} handed the {object} to",
-    "While {A} and {B} were working at the {place}, {S} gave a {object} to",
-    "Then, {A} and {B} had a long argument at the {place}. Afterwards {S} said goodbye to",
-    "Friends {A} and {B} found a {object} at the {place}. {S} gave it to",
-    "{A} and {B} went to the {place} together. {S} passed the {object} to",
-    "When {A} and {B} got a {object} at the {place}, {S} decided to give it to",
-    "The {place} was quiet when {A} and {B} came in. {S} showed the {object} to",
-    "After lunch, {A} and {B} went to the {place}. {S} brought the {object} to",
-    "{A} and {B} were cleaning the {place}. Later, {S} threw the {object} to",
-    "On Monday, {A} and {B} visited the {place}, and {S} sent a {object} to",
-    "When {A} and {B} met at the {place}, {S} offered the {object} to",
-    "Since {A} and {B} were both at the {place}, {S} lent the {object} to",
-    "Yesterday {A} and {B} walked into the {place}, where {S} gave a {object} to",
-)
-HELDOUT_TEMPLATES: frozenset[int] = frozenset({11, 12, 13})
-TRAIN_TEMPLATES: tuple[int, ...] = tuple(i for i in range(len(TEMPLATES)) if i not in HELDOUT_TEMPLATES)
-
-FIRST_LETTER_TEMPLATE = " {word} has the first letter:"
-LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase)
+# make_ioi takes an index into every template, held-out ones included (sample_ioi chooses it).
+_ALL_TEMPLATES = IOISource(TEMPLATES, NAMES, PLACES, OBJECTS)
+FIRST_LETTER_TEMPLATE = " {word}" + SUFFIX
 
 
 def _hash_mod(text: str, mod: int) -> int:
@@ -84,30 +58,6 @@ def is_heldout_pair(a: str, b: str) -> bool:
 def is_heldout_word(word: str) -> bool:
     """About 15% of first-letter words never occur in training."""
     return _hash_mod(f"word:{word}", 100) < 15
-
-
-@dataclass(frozen=True)
-class IOIExample:
-    prompt: str
-    answer: str  # " " + io
-    io: str
-    s: str
-    io_pos: int  # 0: IO introduced first (ABB), 1: IO introduced second (BAB)
-    pattern: str  # "ABB" or "BAB"
-    template: int
-    place: str
-    object: str
-
-    @property
-    def text(self) -> str:
-        return self.prompt + self.answer
-
-    @property
-    def s_answer(self) -> str:
-        return " " + self.s
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -129,11 +79,7 @@ IOISplit = Literal["train", "heldout_pairs", "heldout_templates"]
 
 
 def make_ioi(io: str, s: str, io_pos: int, template: int, place: str, obj: str) -> IOIExample:
-    a, b = (io, s) if io_pos == 0 else (s, io)
-    prompt = TEMPLATES[template].format(A=a, B=b, S=s, place=place, object=obj)
-    return IOIExample(prompt=prompt, answer=" " + io, io=io, s=s, io_pos=io_pos,
-                      pattern="ABB" if io_pos == 0 else "BAB", template=template,
-                      place=place, object=obj)
+    return make_prompt(_ALL_TEMPLATES, io, s, io_pos, template, place, obj)
 
 
 def sample_ioi(rng: random.Random, split: IOISplit = "train",

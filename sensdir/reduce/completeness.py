@@ -10,8 +10,6 @@ path and left out. Planned rows are the union of the plans' ``row_ids``; a job w
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from sensdir.shards import shard_stem
-
-_STEM = re.compile(r"^shard-(\d+)-of-(\d+)$")
-REQUIRED_COLUMNS = ("row_id", "job_key", "direction", "kl", "l2", "ms_step_kl", "ms_step_l2", "plateau_len")
+from sensdir.artifacts.layout import PARQUET, PLAN, ShardFiles, ShardId, find_job_dirs, shard_files_in
+from sensdir.artifacts.records import complete_manifest, kind_of, metadata_of_schema, read_json
+from sensdir.artifacts.schema import required_columns
 # How many ids of each kind the report lists in full; the counts are always exact.
 MAX_LISTED = 50
 
@@ -119,40 +116,16 @@ class Completeness:
         }
 
 
-def find_job_dirs(sweep_dir: Path) -> list[Path]:
-    """Directories holding shard files: the sweep's job subdirectories (``hydra/`` ignored),
-    or the sweep directory itself when it is a single job's."""
-    def has_shards(d: Path) -> bool:
-        return any(d.glob("shard-*.plan.json")) or any(d.glob("shard-*.parquet")) or any(d.glob("shard-*.manifest.json"))
-
-    jobs = sorted(d for d in sweep_dir.iterdir() if d.is_dir() and d.name != "hydra" and has_shards(d))
-    if not jobs and has_shards(sweep_dir):
-        jobs = [sweep_dir]
-    return jobs
-
-
-def _stem_of(path: Path) -> str:
-    return path.name.split(".", 1)[0]
-
-
-def shard_kind(schema_metadata: dict | None) -> str:
-    """What wrote a shard: ``walk`` or a study's name (key ``kind`` of its metadata)."""
-    try:
-        return json.loads((schema_metadata or {}).get(b"sensdir", b"{}")).get("kind", "walk")
-    except ValueError:
-        return "walk"
-
-
 def _validate_file(path: Path, manifest: dict[str, Any] | None) -> tuple[int | None, str | None, str | None, str]:
     """(n_rows, corrupt_reason, truncated_reason, kind) from the footer alone."""
     try:
         pf = pq.ParquetFile(path)
         meta, names = pf.metadata, set(pf.schema_arrow.names)
-        kind = shard_kind(pf.schema_arrow.metadata)
+        sensdir_meta = metadata_of_schema(pf.schema_arrow)
     except (OSError, pa.ArrowException) as e:
         return None, f"{type(e).__name__}: {e}", None, "walk"
-    required = REQUIRED_COLUMNS if kind == "walk" else ("row_id", "job_key")
-    lacking = [c for c in required if c not in names]
+    kind = kind_of(sensdir_meta)
+    lacking = [c for c in required_columns(sensdir_meta) if c not in names]
     if lacking:
         return None, f"lacks column(s) {lacking}", None, kind
     if manifest is not None and manifest.get("n_rows") is not None and meta.num_rows != manifest["n_rows"]:
@@ -165,24 +138,20 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
     comp = Completeness(sweep_dir=sweep_dir, job_dirs=find_job_dirs(sweep_dir))
     planned: list[pa.Array] = []
     for jdir in comp.job_dirs:
-        expected: set[str] = set()
-        for plan_file in sorted(jdir.glob("shard-*.plan.json")):
-            try:
-                plan = json.loads(plan_file.read_text())
-                planned.append(pa.array(plan["row_ids"], type=pa.string()))
-                expected.update(shard_stem(i, int(plan["shards"])) for i in range(int(plan["shards"])))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                comp.bad_plans[str(plan_file)] = f"{type(e).__name__}: {e}"
-                m = _STEM.match(_stem_of(plan_file))
-                if m:
-                    expected.update(shard_stem(i, int(m.group(2))) for i in range(int(m.group(2))))
-        parquets = {_stem_of(p): p for p in sorted(jdir.glob("shard-*.parquet"))}
-        for stem in sorted(expected - set(parquets)):
-            comp.missing_shards.append(str(jdir / f"{stem}.parquet"))
-        for stem, path in parquets.items():
-            manifest = _read_json(jdir / f"{stem}.manifest.json")
-            if manifest is not None and manifest.get("status") != "complete":
-                manifest = None
+        expected: set[ShardId] = set()
+        for sid, plan_file in shard_files_in(jdir, PLAN).items():
+            # a job whose plans say ``shards: n`` is expected to have shards 0..n-1
+            expected.update(sid.siblings())
+            plan = read_json(plan_file)
+            if plan is None or not isinstance(plan.get("row_ids"), list):
+                comp.bad_plans[str(plan_file)] = "not a readable plan (JSON with row_ids)"
+                continue
+            planned.append(pa.array(plan["row_ids"], type=pa.string()))
+        parquets = shard_files_in(jdir, PARQUET)
+        for sid in sorted(expected - set(parquets)):
+            comp.missing_shards.append(str(ShardFiles(jdir, sid).parquet))
+        for sid, path in parquets.items():
+            manifest = complete_manifest(ShardFiles(jdir, sid).manifest)
             n_rows, corrupt, truncated, kind = _validate_file(path, manifest)
             if corrupt:
                 comp.corrupt_files[str(path)] = corrupt
@@ -193,7 +162,7 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
                 comp.unfinished_files.append(str(path))
             else:
                 comp.manifests.setdefault(manifest.get("job_key", jdir.name), manifest)
-            comp.shards.append(ShardFile(path, jdir, stem, n_rows or 0, manifest, kind))
+            comp.shards.append(ShardFile(path, jdir, sid.stem, n_rows or 0, manifest, kind))
 
     # Row ids of every readable file: one projected column per file, read file by file so that
     # a file whose data pages are damaged (footer intact) is caught and named too.
@@ -238,10 +207,3 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
     if len(planned_unique):
         comp.n_unplanned_rows = int(pc.sum(pc.invert(pc.is_in(values, value_set=planned_unique))).as_py() or 0)
     return comp
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

@@ -1,9 +1,9 @@
 """PNG figures of a reduced sweep (matplotlib, Agg backend).
 
-- ``curves.png``: L2 and KL per step for a few example perturbations per direction type, the
+- ``curves.png``: each metric (KL, L2, ...) per step for a few example perturbations per direction type, the
   max-slope step marked, and the per-type mean as dashed lines ([GP24] Fig. 2).
-- ``ms_step.png``: histogram and CDF of the max-slope steps per type ([GP24] Fig. 3).
-- ``plateau.png``: histogram and CDF of plateau lengths per type.
+- ``ms_step.png``, ``plateau.png``: histogram and CDF per type of each metric's summaries,
+  one figure per kind of summary (max-slope steps: [GP24] Fig. 3).
 - ``error_pathology.png``: sae_error's KL ratio to each baseline per (SAE, hook) [G24, LH24].
 - ``feature_l0.png``: mean KL against length per SAE [LH24].
 The last two are drawn only where the sweep has those rows.
@@ -44,22 +44,24 @@ def _save(fig, path: Path) -> Path:
 
 def curves_figure(data: SweepData, path: Path) -> Path:
     labels, colors = group_labels(data.groups), _colors(len(data.groups))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, name, ms in ((axes[0], "l2", "ms_step_l2"), (axes[1], "kl", "ms_step_kl")):
+    metrics = list(data.metrics.items())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, (name, m) in zip(axes[0], metrics):
+        ms = next((s["column"] for s in m["summaries"] if s["figure"] == "ms_step"), None)
         for gi, (label, color) in enumerate(zip(labels, colors)):
             for j, ex in enumerate(data.examples[gi]):
-                y = getattr(ex, name)
+                y = ex.curves.get(name, np.zeros(0))
                 ax.plot(np.arange(len(y)), y, color=color, lw=0.9, alpha=0.7, label=label if j == 0 else None)
-                k = getattr(ex, ms)
+                k = ex.summaries.get(ms, -1) if ms else -1
                 if 0 <= k < len(y) and np.isfinite(y[k]):
                     ax.plot([k], [y[k]], "o", color=color, ms=5, mec="black", mew=0.6)
             mean = data.curves[gi].mean(name)
             if len(mean):
                 ax.plot(np.arange(len(mean)), mean, "--", color=color, lw=1.6)
         ax.set_xlabel("step")
-        ax.set_ylabel(name.upper())
-        ax.set_title(f"{name.upper()} per step (dots: max-slope step; dashed: mean)")
-    axes[0].legend(fontsize=8)
+        ax.set_ylabel(m["label"])
+        ax.set_title(f"{m['label']} per step (dots: max-slope step; dashed: mean)")
+    axes[0, 0].legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -127,8 +129,10 @@ def make_figures(data: SweepData, table: pa.Table, out_dir: Path) -> dict[str, P
     walks = bool(data.groups)  # a sweep of studies alone has no walk figures
     figs: dict[str, Path | None] = {
         "curves": curves_figure(data, out_dir / "curves.png") if walks else None,
-        "ms_step": _hist_cdf(data, [("ms_step_l2", "L2 max-slope step"), ("ms_step_kl", "KL max-slope step")], out_dir / "ms_step.png") if walks else None,
-        "plateau": _hist_cdf(data, [("plateau_len", "plateau length")], out_dir / "plateau.png") if walks else None,
+        **{
+            name: _hist_cdf(data, [(s["column"], s["label"]) for s in data.summaries() if s["figure"] == name], out_dir / f"{name}.png")
+            for name in dict.fromkeys(s["figure"] for s in data.summaries())
+        },
         "error_pathology": error_pathology_figure(table, out_dir / "error_pathology.png"),
         "feature_l0": feature_l0_figure(data, table, out_dir / "feature_l0.png"),
     }

@@ -1,14 +1,14 @@
 """Streaming read of a sweep's shards: small per-row scalars, per-group sums of the curves.
 
 Only the scalar summaries of each row (max-slope steps, plateau length, ...) are kept for the
-whole sweep; the ``kl``/``l2`` step arrays are read batch by batch and folded into per-group
-sums and counts per step (nulls, the dropped steps, count as absent), so memory does not grow
-with the number of steps. A handful of example rows per group keep their full curves.
+whole sweep; the curves are read batch by batch and folded into per-group sums and counts per
+step (nulls, the dropped steps, count as absent), so memory does not grow with the number of
+steps. A handful of example rows per group keep their full curves. Which curves and summaries
+a shard has is read from its metadata (the metric table the job wrote), not assumed.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from sensdir.reduce.completeness import Completeness
+from sensdir.artifacts.records import read_metadata
+from sensdir.artifacts.schema import metrics_of
+from sensdir.reduce.arrays import last_valid, list_to_2d, value_at
+from sensdir.reduce.completeness import Completeness, ShardFile
 
-SCALARS = ("ms_step_kl", "ms_step_l2", "plateau_len", "n_valid_steps")
-GROUP_FIELDS = ("direction", "schedule", "sae", "hook")
 BATCH_ROWS = 8192
+NATURAL_METRIC = "kl"  # the error-pathology comparison reads KL at the natural length [G24]
 
 
 @dataclass(frozen=True)
@@ -74,25 +75,28 @@ class Curves:
 @dataclass
 class Example:
     row_id: str
-    kl: np.ndarray
-    l2: np.ndarray
-    ms_step_kl: int
-    ms_step_l2: int
+    curves: dict[str, np.ndarray]  # metric -> its curve
+    summaries: dict[str, int]  # summary column -> value
 
 
 @dataclass
 class SweepData:
     groups: list[Group]
-    scalars: dict[str, np.ndarray]  # per row: "group" index, SCALARS, "kl_natural" (nan where n/a)
+    scalars: dict[str, np.ndarray]  # per row: "group" index, each summary column, "n_valid_steps", "kl_natural"
     curves: list[Curves]  # per group
     examples: list[list[Example]]  # per group
     configs: dict[str, dict[str, Any]]  # job_key -> resolved config
     provenance: dict[str, dict[str, Any]]  # job_key -> manifest provenance
     n_rows: int
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {label, summaries}
 
     def values(self, name: str, group: int) -> np.ndarray:
         v = self.scalars[name][self.scalars["group"] == group]
         return v[~np.isnan(v)] if v.dtype.kind == "f" else v
+
+    def summaries(self) -> list[dict[str, str]]:
+        """Every summary column of the sweep's metrics: column, figure, label."""
+        return [s for m in self.metrics.values() for s in m["summaries"]]
 
 
 def sae_label(cfg: dict[str, Any]) -> str:
@@ -103,163 +107,153 @@ def sae_label(cfg: dict[str, Any]) -> str:
     return sae_id if release == "embedded" else f"{release}:{sae_id}"
 
 
-def file_metadata(path: Path) -> dict[str, Any]:
-    meta = pq.read_schema(path).metadata or {}
-    try:
-        return json.loads(meta.get(b"sensdir", b"{}"))
-    except ValueError:
-        return {}
+class _SweepReader:
+    """Folds walk shards, batch by batch, into a ``SweepData``."""
 
+    def __init__(self, comp: Completeness, n_examples: int):
+        self.n_examples = n_examples
+        self.groups: list[Group] = []
+        self.index: dict[Group, int] = {}
+        self.curves: list[Curves] = []
+        self.examples: list[list[Example]] = []
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.prov: dict[str, dict[str, Any]] = {}
+        self.metrics: dict[str, dict[str, Any]] = {}
+        self.parts: list[dict[str, np.ndarray]] = []  # per batch: "group" and the scalar columns it has
+        self.n_rows = 0
+        # Of a duplicated row id, only the copy in its owner file (the first one seen) is used.
+        self.dup_ids = pa.array(sorted(comp.duplicate_owner), type=pa.string())
+        self.owned: dict[str, list[str]] = {}
+        for rid, path in comp.duplicate_owner.items():
+            self.owned.setdefault(path, []).append(rid)
 
-def list_to_2d(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A list<float> column as an [N, K] float array, NaN for nulls and padding."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    n = len(arr)
-    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-    vals = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if n == 0:
-        return np.zeros((0, 0), np.float32)
-    k = int(lengths.max())
-    if (lengths == k).all():
-        return vals.reshape(n, k)
-    out = np.full((n, k), np.nan, np.float32)
-    rows = np.repeat(np.arange(n), lengths)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    cols = np.arange(len(vals)) - np.repeat(starts, lengths)
-    out[rows, cols] = vals
-    return out
-
-
-def value_at(grid_NK: np.ndarray, y_NK: np.ndarray, x_N: np.ndarray) -> np.ndarray:
-    """Linear interpolation of each row's curve y(grid) at x (valid steps taken as a prefix;
-    clamped to the first / last valid step)."""
-    valid = ~np.isnan(y_NK) & ~np.isnan(grid_NK)
-    nvalid = valid.sum(1)
-    g = np.where(valid, grid_NK, np.inf)
-    j = (g <= x_N[:, None]).sum(1)
-    lo = np.clip(j - 1, 0, np.maximum(nvalid - 1, 0))
-    hi = np.clip(j, 0, np.maximum(nvalid - 1, 0))
-    r = np.arange(len(x_N))
-    g0, g1, y0, y1 = grid_NK[r, lo], grid_NK[r, hi], y_NK[r, lo], y_NK[r, hi]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(g1 > g0, (x_N - g0) / (g1 - g0), 0.0)
-    out = y0 + np.clip(w, 0, 1) * (y1 - y0)
-    return np.where(nvalid > 0, out, np.nan)
-
-
-def last_valid(y_NK: np.ndarray) -> np.ndarray:
-    ok = ~np.isnan(y_NK)
-    idx = np.where(ok.any(1), y_NK.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1), 0)
-    out = y_NK[np.arange(len(y_NK)), idx]
-    return np.where(ok.any(1), out, np.nan)
-
-
-def read_sweep(comp: Completeness, n_examples: int = 3, progress: bool = True, batch_rows: int = BATCH_ROWS) -> SweepData:
-    groups: list[Group] = []
-    index: dict[Group, int] = {}
-    curves: list[Curves] = []
-    examples: list[list[Example]] = []
-    configs: dict[str, dict[str, Any]] = {}
-    prov: dict[str, dict[str, Any]] = {}
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("group", *SCALARS, "kl_natural")}
-
-    dup_ids = pa.array(sorted(comp.duplicate_owner), type=pa.string())
-    owned: dict[str, list[str]] = {}
-    for rid, path in comp.duplicate_owner.items():
-        owned.setdefault(path, []).append(rid)
-
-    walk_shards = [sf for sf in comp.shards if sf.kind == "walk"]
-    total = sum(sf.n_rows for sf in walk_shards)
-    bar = tqdm(total=total, desc="reduce: reading shards", unit="row", unit_scale=True, disable=not progress)
-    n_rows = 0
-    for sf in walk_shards:
-        meta = file_metadata(sf.path)
+    def read_file(self, sf: ShardFile, batch_rows: int, bar) -> None:
+        meta = read_metadata(sf.path)
         cfg = meta.get("config") or (sf.manifest or {}).get("config") or {}
         jkey = meta.get("job_key") or sf.job_dir.name
-        configs.setdefault(jkey, cfg)
+        self.configs.setdefault(jkey, cfg)
         if sf.manifest and "provenance" in sf.manifest:
-            prov.setdefault(jkey, sf.manifest["provenance"])
+            self.prov.setdefault(jkey, sf.manifest["provenance"])
+        metrics = metrics_of(meta)
+        for name, m in metrics.items():
+            self.metrics.setdefault(name, m)
         # a site left to the SAE (site.hook null) is the SAE's hook: the sae label says which
         sae, hook = sae_label(cfg), (cfg.get("site") or {}).get("hook") or "sae's"
         dataset = ds.dataset(sf.path, format="parquet")
         names = set(dataset.schema.names)
-        has_nat = "natural_length" in names
-        cols = ["row_id", "direction", "schedule", "grid_kind", "kl", "l2", *SCALARS]
-        if has_nat:
-            cols.append("natural_length")
-        first_kind = dataset.head(1, columns=["grid_kind"]).column("grid_kind").to_pylist()
-        need_grid = has_nat or "length" in first_kind
-        if need_grid:
-            cols.append("grid")
-        cols = [c for c in cols if c in names]
-        # Of a duplicated row id, only the copy in its owner file (the first one seen) is used.
-        skip = (dup_ids, pa.array(owned.get(str(sf.path), []), type=pa.string())) if len(dup_ids) else None
+        summary_cols = [s["column"] for m in metrics.values() for s in m["summaries"]]
+        cols = ["row_id", "direction", "schedule", "grid_kind", *metrics, *summary_cols, "n_valid_steps", "natural_length", "grid"]
+        cols = [c for c in dict.fromkeys(cols) if c in names]
+        skip = (self.dup_ids, pa.array(self.owned.get(str(sf.path), []), type=pa.string())) if len(self.dup_ids) else None
         for batch in dataset.to_batches(columns=cols, batch_size=batch_rows):
             bar.update(batch.num_rows)
             if skip is not None:
                 rid = batch.column("row_id")
                 drop = pc.and_(pc.is_in(rid, value_set=skip[0]), pc.invert(pc.is_in(rid, value_set=skip[1])))
                 batch = batch.filter(pc.invert(drop))
-            n = batch.num_rows
-            if n == 0:
-                continue
-            n_rows += n
-            kl, l2 = list_to_2d(batch.column("kl")), list_to_2d(batch.column("l2"))
-            grid = list_to_2d(batch.column("grid")) if need_grid else None
-            direction = batch.column("direction").to_numpy(zero_copy_only=False)
-            schedule = batch.column("schedule").to_numpy(zero_copy_only=False) if "schedule" in cols else np.full(n, "?", object)
-            kind = batch.column("grid_kind").to_numpy(zero_copy_only=False) if "grid_kind" in cols else np.full(n, "?", object)
-            keys = np.char.add(np.char.add(direction.astype(str), "\x1f"), np.char.add(schedule.astype(str), np.char.add("\x1f", kind.astype(str))))
-            uniq, inv = np.unique(keys, return_inverse=True)
-            gids = np.empty(len(uniq), np.int64)
-            for u, key in enumerate(uniq):
-                d, s, k = str(key).split("\x1f")
-                g = Group(d, s, sae, hook, k)
-                if g not in index:
-                    index[g] = len(groups)
-                    groups.append(g)
-                    curves.append(Curves())
-                    examples.append([])
-                gid = gids[u] = index[g]
-                rows = inv == u
-                c = curves[gid]
-                c.add("kl", kl[rows])
-                c.add("l2", l2[rows])
-                if grid is not None and k == "length":
-                    c.add("grid", grid[rows])
-                if len(examples[gid]) < n_examples:
-                    take = np.flatnonzero(rows)[: n_examples - len(examples[gid])]
-                    ids = batch.column("row_id").take(pa.array(take)).to_pylist()
-                    ms_kl = batch.column("ms_step_kl").to_numpy()[take]
-                    ms_l2 = batch.column("ms_step_l2").to_numpy()[take]
-                    for t, rid_, a, b in zip(take, ids, ms_kl, ms_l2):
-                        examples[gid].append(Example(rid_, kl[t].copy(), l2[t].copy(), int(a), int(b)))
-            parts["group"].append(gids[inv].astype(np.int32))
-            for name in SCALARS:
-                if name in cols:
-                    parts[name].append(batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32))
-                else:
-                    parts[name].append(np.full(n, np.nan, np.float32))
-            nat = np.full(n, np.nan, np.float32)
-            if has_nat:
-                nl = batch.column("natural_length").to_numpy(zero_copy_only=False).astype(np.float64)
-                have = ~np.isnan(nl)
-                if have.any():
-                    rel = kind == "t"
-                    # relative walks end at the target: t = 1 is the natural length
-                    nat[have & rel] = last_valid(kl[have & rel])
-                    absw = have & ~rel
-                    if absw.any():
-                        nat[absw] = value_at(grid[absw], kl[absw], nl[absw])
-            parts["kl_natural"].append(nat)
+            if batch.num_rows:
+                self._batch(batch, list(metrics), summary_cols, sae, hook)
+
+    def _column(self, batch: pa.RecordBatch, name: str, fill: Any) -> np.ndarray:
+        if name in batch.schema.names:
+            return batch.column(name).to_numpy(zero_copy_only=False)
+        return np.full(batch.num_rows, fill, dtype=object if isinstance(fill, str) else np.float32)
+
+    def _group_ids(self, batch: pa.RecordBatch, sae: str, hook: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(per-row index into the unique keys, the keys' group ids) of a batch."""
+        direction = self._column(batch, "direction", "?").astype(str)
+        schedule = self._column(batch, "schedule", "?").astype(str)
+        kind = self._column(batch, "grid_kind", "?").astype(str)
+        keys = np.char.add(np.char.add(direction, "\x1f"), np.char.add(schedule, np.char.add("\x1f", kind)))
+        uniq, inv = np.unique(keys, return_inverse=True)
+        gids = []
+        for key in uniq:
+            g = Group(*str(key).split("\x1f")[:2], sae, hook, str(key).split("\x1f")[2])
+            if g not in self.index:
+                self.index[g] = len(self.groups)
+                self.groups.append(g)
+                self.curves.append(Curves())
+                self.examples.append([])
+            gids.append(self.index[g])
+        return kind, inv, gids
+
+    def _batch(self, batch: pa.RecordBatch, metrics: list[str], summary_cols: list[str], sae: str, hook: str) -> None:
+        n = batch.num_rows
+        self.n_rows += n
+        curves = {m: list_to_2d(batch.column(m)) for m in metrics}
+        grid = list_to_2d(batch.column("grid")) if "grid" in batch.schema.names else None
+        kind, inv, gids = self._group_ids(batch, sae, hook)
+        for u, gid in enumerate(gids):
+            rows = inv == u
+            for m, y in curves.items():
+                self.curves[gid].add(m, y[rows])
+            if grid is not None and self.groups[gid].grid_kind == "length":
+                self.curves[gid].add("grid", grid[rows])
+            self._examples(gid, batch, rows, curves, summary_cols)
+        part = {"group": np.asarray(gids, np.int32)[inv], "kl_natural": self._kl_natural(batch, curves.get(NATURAL_METRIC), grid, kind)}
+        for name in [*summary_cols, "n_valid_steps"]:
+            if name in batch.schema.names:
+                part[name] = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+        self.parts.append(part)
+
+    def _examples(self, gid: int, batch: pa.RecordBatch, rows: np.ndarray, curves: dict, summary_cols: list[str]) -> None:
+        have = self.examples[gid]
+        if len(have) >= self.n_examples:
+            return
+        take = np.flatnonzero(rows)[: self.n_examples - len(have)]
+        ids = batch.column("row_id").take(pa.array(take)).to_pylist()
+        sums = {c: batch.column(c).to_numpy()[take] for c in summary_cols if c in batch.schema.names}
+        for j, (t, rid) in enumerate(zip(take, ids)):
+            have.append(Example(rid, {m: y[t].copy() for m, y in curves.items()}, {c: int(v[j]) for c, v in sums.items()}))
+
+    @staticmethod
+    def _kl_natural(batch: pa.RecordBatch, kl: np.ndarray | None, grid: np.ndarray | None, kind: np.ndarray) -> np.ndarray:
+        """KL at the natural length (sae_error's ||SAE(A) - A|| and the baselines walked to it)."""
+        n = batch.num_rows
+        nat = np.full(n, np.nan, np.float32)
+        if kl is None or "natural_length" not in batch.schema.names:
+            return nat
+        nl = batch.column("natural_length").to_numpy(zero_copy_only=False).astype(np.float64)
+        have = ~np.isnan(nl)
+        rel = kind == "t"
+        # relative walks end at the target: t = 1 is the natural length
+        nat[have & rel] = last_valid(kl[have & rel])
+        absw = have & ~rel
+        if absw.any() and grid is not None:
+            nat[absw] = value_at(grid[absw], kl[absw], nl[absw])
+        return nat
+
+    def finish(self) -> SweepData:
+        names = dict.fromkeys(k for part in self.parts for k in part)
+        scalars = {
+            k: np.concatenate([p.get(k, np.full(len(p["group"]), np.nan, np.float32)) for p in self.parts])
+            for k in names
+        }
+        scalars.setdefault("group", np.zeros(0, np.int32))
+        # A stable order, whatever order the files came in: by (schedule, SAE, hook), real first.
+        groups = self.groups
+        order = sorted(range(len(groups)), key=lambda i: (groups[i].stratum, groups[i].direction != "real", groups[i].direction, groups[i].grid_kind))
+        new_index = np.empty(max(len(groups), 1), np.int32)
+        new_index[order] = np.arange(len(order), dtype=np.int32)
+        scalars["group"] = new_index[scalars["group"]] if len(groups) else scalars["group"]
+        return SweepData(
+            [groups[i] for i in order],
+            scalars,
+            [self.curves[i] for i in order],
+            [self.examples[i] for i in order],
+            self.configs,
+            self.prov,
+            self.n_rows,
+            self.metrics,
+        )
+
+
+def read_sweep(comp: Completeness, n_examples: int = 3, progress: bool = True, batch_rows: int = BATCH_ROWS) -> SweepData:
+    reader = _SweepReader(comp, n_examples)
+    walk_shards = [sf for sf in comp.shards if sf.kind == "walk"]
+    total = sum(sf.n_rows for sf in walk_shards)
+    bar = tqdm(total=total, desc="reduce: reading shards", unit="row", unit_scale=True, disable=not progress)
+    for sf in walk_shards:
+        reader.read_file(sf, batch_rows, bar)
     bar.close()
-    scalars = {k: (np.concatenate(v) if v else np.zeros(0, np.float32 if k != "group" else np.int32)) for k, v in parts.items()}
-    # A stable order, whatever order the files came in: by (schedule, SAE, hook), real first.
-    order = sorted(range(len(groups)), key=lambda i: (groups[i].stratum, groups[i].direction != "real", groups[i].direction, groups[i].grid_kind))
-    new_index = np.empty(max(len(groups), 1), np.int32)
-    new_index[order] = np.arange(len(order), dtype=np.int32)
-    scalars["group"] = new_index[scalars["group"]] if len(groups) else scalars["group"]
-    return SweepData(
-        [groups[i] for i in order], scalars, [curves[i] for i in order], [examples[i] for i in order], configs, prov, n_rows
-    )
+    return reader.finish()

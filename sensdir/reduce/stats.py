@@ -5,7 +5,8 @@ Columns: ``section`` (``summary``, ``error_pathology``, ``feature_l0``), the gro
 length, for curves; null otherwise), ``value`` and ``n`` (rows behind the value).
 
 - summary: per direction type and (schedule, SAE, hook): mean, sd, median and a bootstrap
-  percentile CI of the mean of ``ms_step_kl``, ``ms_step_l2`` and ``plateau_len``, and the
+  percentile CI of the mean of every metric summary (``ms_step_kl``, ``ms_step_l2``,
+  ``plateau_len``, ... as the shards' metric tables declare), and the
   two-sample Kolmogorov-Smirnov statistic and p-value against ``real`` on the same
   (schedule, SAE, hook) [GP24].
 - error_pathology: per (SAE, hook), mean KL at the natural length ||SAE(x) - x|| of
@@ -21,7 +22,6 @@ from scipy import stats as sps
 
 from sensdir.reduce.read import SweepData
 
-METRICS = ("ms_step_kl", "ms_step_l2", "plateau_len")
 REFERENCE = "real"
 
 
@@ -82,7 +82,9 @@ def summary_rows(data: SweepData, n_boot: int, seed: int) -> list[dict]:
     index = {(g.stratum, g.direction): i for i, g in enumerate(data.groups)}
     rows = []
     for gi, g in enumerate(data.groups):
-        for metric in METRICS:
+        for metric in (s["column"] for s in data.summaries()):
+            if metric not in data.scalars:
+                continue
             x = data.values(metric, gi).astype(np.float64)
             n = len(x)
             if n == 0:

@@ -1,6 +1,6 @@
 """Synthetic sweep directories in the shard format of docs/shards.md, for tests and the
 benchmark: no model needed. Curves are sigmoids whose blowup step is drawn per direction
-type; max-slope steps and plateau lengths are computed from them as METHODS §4 says."""
+type; their max-slope steps and plateau lengths come from the metrics' own summaries."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sensdir.shards import BASE_FIELDS, SCHEMA_VERSION, plan_path, shard_paths
+from sensdir.artifacts.identity import row_id
+from sensdir.artifacts.layout import ShardFiles
+from sensdir.artifacts.records import write_plan
+from sensdir.artifacts.schema import ID_FIELDS, SCHEMA_VERSION, schema_metadata
+from sensdir.config import MetricConfig
+from sensdir.metrics.kl import KL
+from sensdir.metrics.l2 import L2
 
 # mean blowup step per direction type, roughly the ordering of [GP24]
 CENTERS = {"real": 52.0, "sae_recon": 53.0, "synth_struct": 56.0, "synth_baseline": 57.0, "random": 65.0, "isotropic": 70.0}
@@ -44,15 +50,16 @@ def _list_array(x_NK: np.ndarray, valid_NK: np.ndarray | None = None) -> pa.List
     return pa.ListArray.from_arrays(offsets, values)
 
 
-def max_slope(y_NK: np.ndarray, threshold: float = 0.02) -> np.ndarray:
-    d = np.diff(y_NK, axis=1, prepend=y_NK[:, :1])
-    d = np.where(np.isnan(d), -np.inf, d)
-    return np.where((d > threshold).any(1), d.argmax(1), y_NK.shape[1] - 1).astype(np.int32)
+def _summaries(y_NK: np.ndarray, valid_NK: np.ndarray, cfg: MetricConfig) -> dict[str, np.ndarray]:
+    """The job's own summaries of the synthetic KL and L2 curves."""
+    import torch
 
-
-def plateau(l2_NK: np.ndarray, thr: float, n_valid: np.ndarray) -> np.ndarray:
-    hit = np.nan_to_num(l2_NK, nan=-np.inf) >= thr
-    return np.where(hit.any(1), hit.argmax(1), n_valid).astype(np.int32)
+    out = {}
+    for metric, y in ((KL, y_NK[0]), (L2, y_NK[1])):
+        y_t, v_t = torch.from_numpy(np.ascontiguousarray(y)), torch.from_numpy(valid_NK)
+        for s in metric.summaries:
+            out[s.column] = s.compute(y_t, v_t, cfg).numpy().astype(np.int32)
+    return out
 
 
 def job_key(spec: JobSpec) -> str:
@@ -94,7 +101,7 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
     kl_v, l2_v = np.where(valid, kl, np.nan), np.where(valid, l2, np.nan)
     n_valid = valid.sum(1).astype(np.int32)
     p_idx = np.asarray(rows, dtype=np.int64)
-    ids = [f"{jkey}/s{shard}/p{p}/t0" for p in p_idx]
+    ids = [row_id(jkey, shard, int(p), 0) for p in p_idx]
     cols: dict[str, pa.Array] = {
         "row_id": pa.array(ids, pa.string()),
         "job_key": pa.array([jkey] * n, pa.string()),
@@ -110,17 +117,15 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
         "kl": _list_array(kl, valid),
         "l2": _list_array(l2, valid),
         "n_valid_steps": pa.array(n_valid),
-        "ms_step_kl": pa.array(max_slope(kl_v)),
-        "ms_step_l2": pa.array(max_slope(l2_v)),
-        "plateau_len": pa.array(plateau(l2_v, 20.0, n_valid)),
         "base_norm": pa.array(np.ones(n, np.float32)),
+        **{c: pa.array(v) for c, v in _summaries(np.stack([kl_v, l2_v]), valid, MetricConfig()).items()},
     }
-    fields = list(BASE_FIELDS)
+    fields = [*ID_FIELDS, *KL.fields(), *L2.fields()]
     if spec.natural_length:
         cols["natural_length"] = pa.array(rng.uniform(5, 20, n).astype(np.float32))
         fields.append(pa.field("natural_length", pa.float32(), nullable=True))
-    meta = {"schema_version": SCHEMA_VERSION, "config_hash": chash, "job_key": jkey, "seed": spec.seed, "config": config_for(spec)}
-    schema = pa.schema(fields, metadata={"sensdir": json.dumps(meta, sort_keys=True)})
+    meta = {"schema_version": SCHEMA_VERSION, "kind": "walk", "config_hash": chash, "job_key": jkey, "seed": spec.seed, "config": config_for(spec), "metrics": {m.name: m.describe() for m in (KL, L2)}}
+    schema = pa.schema(fields, metadata=schema_metadata(meta))
     return pa.Table.from_arrays([cols[f.name] for f in fields], schema=schema)
 
 
@@ -133,11 +138,11 @@ def write_job(sweep_dir: Path, spec: JobSpec, provenance: dict[str, Any] | None 
     per = -(-spec.n_rows // spec.shards)
     for s in range(spec.shards):
         rows = range(s * per, min(spec.n_rows, (s + 1) * per))
-        ids = [f"{jkey}/s{s}/p{p}/t0" for p in rows]
-        plan = {"job_key": jkey, "config_hash": chash, "shard": s, "shards": spec.shards, "n_rows": len(ids), "row_ids": ids}
-        plan_path(jdir, s, spec.shards).write_text(json.dumps(plan))
+        files = ShardFiles.of(jdir, s, spec.shards)
+        ids = [row_id(jkey, s, p, 0) for p in rows]
+        write_plan(files, jkey, chash, ids)
         table = shard_table(spec, jkey, s, rows, rng, chash)
-        parquet, manifest = shard_paths(jdir, s, spec.shards)
+        parquet, manifest = files.parquet, files.manifest
         pq.write_table(table, parquet, compression="zstd")
         man = {
             "status": "complete", "n_rows": len(ids), "shard": s, "shards": spec.shards, "parquet": parquet.name,

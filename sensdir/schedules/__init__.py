@@ -1,5 +1,5 @@
 """Step schedules (METHODS §2). Each module in this package registers one schedule."""
 
-from sensdir.schedules.base import SCHEDULES, Schedule, Walk
+from sensdir.schedules.base import SCHEDULES, Schedule
 
-__all__ = ["SCHEDULES", "Schedule", "Walk"]
+__all__ = ["SCHEDULES", "Schedule"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from sensdir.config import ScheduleConfig
-from sensdir.directions.base import Proposal
-from sensdir.schedules.base import SCHEDULES, Schedule, Walk
+from sensdir.schedules.base import SCHEDULES, Schedule
+from sensdir.walk_types import Proposal, Walk
 
 
 @dataclass(frozen=True)

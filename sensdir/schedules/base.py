@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from sensdir.config import ScheduleConfig
-from sensdir.directions.base import Proposal
 from sensdir.registry import Registry
+from sensdir.walk_types import Proposal, Walk
 
 SCHEDULES: Registry[type["Schedule"]] = Registry("schedule", "sensdir.schedules")
-
-
-@dataclass
-class Walk:
-    """Step 0 is always the unperturbed activation (METHODS §2)."""
-
-    acts_BKD: Float[Tensor, "B K d"]
-    grid_BK: Float[Tensor, "B K"]  # interpolation t, or distance from A
-    valid_BK: Bool[Tensor, "B K"]  # False for steps the schedule drops (kept as null in shards)
 
 
 class Schedule(ABC):

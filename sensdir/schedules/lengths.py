@@ -29,9 +29,9 @@ from typing import Optional
 import torch
 
 from sensdir.config import ScheduleConfig
-from sensdir.directions.base import Proposal
 from sensdir.errors import ConfigError
-from sensdir.schedules.base import SCHEDULES, Schedule, Walk
+from sensdir.schedules.base import SCHEDULES, Schedule
+from sensdir.walk_types import Proposal, Walk
 
 #: [LH24] default list: odd 1..19, 20..48 step 4, 51..91 step 10 (METHODS §2).
 DEFAULT_LENGTHS: tuple[float, ...] = (

@@ -1,7 +1,7 @@
 """``absorption``: feature absorption on the first-letter task, METHODS §6 ([C24] Chanin et al.,
 "A is for Absorption"; the projection-based metrics of SAEBench's absorption eval).
 
-Data and probes: ``sensdir.directions.probe`` (alphabetic vocabulary tokens, seeded 80/20 split
+Data and probes: :mod:`sensdir.tasks.first_letter` (alphabetic vocabulary tokens, seeded 80/20 split
 of words, in-context prompts, activations at the word position at the SAE's own hook, 26
 class-balanced L2-regularised one-vs-rest logistic probes, per-letter F1 on the test split).
 
@@ -59,24 +59,30 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sensdir.directions.probe import (
+from sensdir.sae_ops import sae_encode
+from sensdir.studies.absorption_report import summarize_tables
+from sensdir.studies.base import STUDIES, Study, StudyConfig
+from sensdir.tasks.first_letter import (
     LETTERS,
+    FirstLetterData,
     FirstLetterTask,
+    LetterProbes,
     f1_score,
     first_letter_data,
     fit_letter_probes,
     fit_logistic,
 )
-from sensdir.directions.sae_recon import sae_encode
-from sensdir.studies.base import STUDIES, Study, StudyConfig
 
 EPS = 1e-8  # a latent "fires" when its activation is at least this (SAEBench)
+COLUMNS = ("row_key", "letter", "sae", "architecture", "hook", "d_sae", "l0", "n_words", "n_train", "n_test",
+           "probe_f1", "probe_precision", "probe_recall", "probe_ok", "k", "main_latents", "main_latents_cos",
+           "k_sparse_f1", "n_probe_tp", "mean_absorption_fraction", "full_absorption_rate", "n_full_absorption")
 
 
 @dataclass(frozen=True)
 class AbsorptionConfig(StudyConfig):
     name: str = "absorption"
-    # the first-letter task (sensdir.directions.probe)
+    # the first-letter task (sensdir.tasks.first_letter)
     n_icl_examples: int = 4
     separator: Optional[str] = None  # None: the BOS / end-of-text token; "\n" for GPT-2 (SAEBench)
     min_word_len: int = 1  # SAEBench keeps single letters too
@@ -199,14 +205,19 @@ class Absorption(Study):
     @torch.inference_mode()
     def run(self) -> dict[str, list]:
         ctx, cfg = self.ctx, self.cfg
-        sae, hook, C = ctx.sae, ctx.site.hook, len(LETTERS)
-        data = first_letter_data(ctx.model, hook, cfg.task(ctx.seed))
+        data = first_letter_data(ctx.model, ctx.site.hook, cfg.task(ctx.seed))
         probes = fit_letter_probes(data, cfg.probe_l2)
-        X, y, tr = data.acts_ND, data.letter_N, data.train_N
-        te = ~tr
-        N, S = X.shape[0], sae.cfg.d_sae
+        ranked_CK, l0 = self._rank_latents(data)
+        main_CS, per_letter = self._main_latents(data, ranked_CK)
+        cos_CS, tp_N, frac_N, full_N = self._absorption(data, probes, main_CS)
+        return self._rows(data, probes, l0, per_letter, cos_CS, tp_N, frac_N, full_N)
 
-        # pass 1: per-letter latent means on the train split, and L0 on every word
+    def _rank_latents(self, data: FirstLetterData) -> tuple[Tensor, float]:
+        """Per letter, the latents ranked by mean activation on its train words minus on the
+        other train words (k-sparse probing, module docstring); and the mean L0 on every word."""
+        cfg, C, S = self.cfg, len(LETTERS), self.ctx.sae.cfg.d_sae
+        X, y, tr = data.acts_ND, data.letter_N, data.train_N
+        N = X.shape[0]
         sums_CS = torch.zeros(C, S, dtype=torch.float64)
         l0_sum = 0.0
         for s in range(0, N, cfg.batch):
@@ -221,16 +232,18 @@ class Absorption(Study):
         mean_in = sums_CS / n_tr_C.clamp_min(1)[:, None]
         mean_out = (total_S[None, :] - sums_CS) / (n_tr - n_tr_C).clamp_min(1)[:, None]
         kmax = min(cfg.k_max, S)
-        ranked_CK = (mean_in - mean_out).topk(kmax, dim=-1).indices  # [C, kmax]
+        return (mean_in - mean_out).topk(kmax, dim=-1).indices, l0_sum / N
 
-        # pass 2: the ranked latents' activations on every word
+    def _main_latents(self, data: FirstLetterData, ranked_CK: Tensor) -> tuple[Tensor, dict[int, dict]]:
+        """Each letter's main latents by k-sparse probing on the ranked latents' activations."""
+        cfg, X, y, tr = self.cfg, data.acts_ND, data.letter_N, data.train_N
+        te, N, kmax = ~tr, X.shape[0], ranked_CK.shape[1]
         cols = torch.unique(ranked_CK.flatten())
         pos = {int(j): i for i, j in enumerate(cols.tolist())}
         F_cols = torch.cat([self._encode(X[s : s + cfg.batch])[:, cols] for s in range(0, N, cfg.batch)])
-
-        main_CS = torch.zeros(C, S, dtype=torch.bool)
+        main_CS = torch.zeros(len(LETTERS), self.ctx.sae.cfg.d_sae, dtype=torch.bool)
         per_letter: dict[int, dict] = {}
-        for c in range(C):
+        for c in range(len(LETTERS)):
             has = bool((y[tr] == c).any()) and bool((y[tr] != c).any())
             ranked = ranked_CK[c].tolist()
             f1s: list[float] = []
@@ -245,12 +258,16 @@ class Absorption(Study):
                 k, main = 0, []
             main_CS[c, main] = True
             per_letter[c] = {"k": k, "main": main, "f1s": f1s}
+        return main_CS, per_letter
 
-        # pass 3: absorption on the probe's true positives of the test split
-        U_CD = torch.stack([probes.unit(c) for c in range(C)])
-        cos_CS = decoder_cos(sae.W_dec, U_CD)
+    def _absorption(self, data: FirstLetterData, probes: LetterProbes, main_CS: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(cos_CS, tp_N, frac_N, full_N)``: decoder cosines with each probe direction, the
+        probes' true positives on the test split, and absorption on them (NaN / False elsewhere)."""
+        cfg, X, y, N = self.cfg, data.acts_ND, data.letter_N, data.acts_ND.shape[0]
+        U_CD = torch.stack([probes.unit(c) for c in range(len(LETTERS))])
+        cos_CS = decoder_cos(self.ctx.sae.W_dec, U_CD)
         logits = X @ probes.W_CD.T + probes.b_C
-        tp = te & (logits.gather(1, y[:, None]).squeeze(1) > 0)
+        tp = ~data.train_N & (logits.gather(1, y[:, None]).squeeze(1) > 0)
         tp_idx = torch.nonzero(tp).squeeze(1)
         th = AbsorptionThresholds(cfg.candidate_cos_min, cfg.probe_cos_threshold, cfg.absorption_proj_share, cfg.max_absorbing)
         frac_N = torch.full((N,), float("nan"), dtype=torch.float64)
@@ -260,163 +277,33 @@ class Absorption(Study):
             lr = y[rows]
             fr, fu = absorption_scores(X[rows], self._encode(X[rows]), U_CD[lr], cos_CS[lr], main_CS[lr], th)
             frac_N[rows], full_N[rows] = fr, fu
+        return cos_CS, tp, frac_N, full_N
 
-        sae_cfg = ctx.cfg.sae
-        sae_name = sae_cfg.path or f"{sae_cfg.release}/{sae_cfg.sae_id}"
-        l0 = l0_sum / N
-        out: dict[str, list] = {k: [] for k in (
-            "row_key", "letter", "sae", "architecture", "hook", "d_sae", "l0", "n_words", "n_train", "n_test",
-            "probe_f1", "probe_precision", "probe_recall", "probe_ok", "k", "main_latents", "main_latents_cos",
-            "k_sparse_f1", "n_probe_tp", "mean_absorption_fraction", "full_absorption_rate", "n_full_absorption")}
+    def _rows(self, data, probes, l0, per_letter, cos_CS, tp, frac_N, full_N) -> dict[str, list]:
+        sae, sae_cfg = self.ctx.sae, self.ctx.cfg.sae
+        y, tr = data.letter_N, data.train_N
+        te, N = ~tr, data.acts_ND.shape[0]
+        fixed = {"sae": sae_cfg.path or f"{sae_cfg.release}/{sae_cfg.sae_id}", "architecture": sae.cfg.architecture(),
+                 "hook": self.ctx.site.hook, "d_sae": int(sae.cfg.d_sae), "l0": float(l0), "n_words": int(N)}
+        out: dict[str, list] = {k: [] for k in COLUMNS}
         for c, L in enumerate(LETTERS):
             m = tp & (y == c)
             n_tp = int(m.sum())
             pl = per_letter[c]
-            out["row_key"].append(f"letter={L}")
-            out["letter"].append(L)
-            out["sae"].append(sae_name)
-            out["architecture"].append(sae.cfg.architecture())
-            out["hook"].append(hook)
-            out["d_sae"].append(int(S))
-            out["l0"].append(float(l0))
-            out["n_words"].append(int(N))
-            out["n_train"].append(int(((y == c) & tr).sum()))
-            out["n_test"].append(int(((y == c) & te).sum()))
-            out["probe_f1"].append(float(probes.f1_C[c]))
-            out["probe_precision"].append(float(probes.precision_C[c]))
-            out["probe_recall"].append(float(probes.recall_C[c]))
-            out["probe_ok"].append(bool(probes.f1_C[c] > cfg.f1_threshold))
-            out["k"].append(int(pl["k"]))
-            out["main_latents"].append([int(j) for j in pl["main"]])
-            out["main_latents_cos"].append([float(cos_CS[c, j]) for j in pl["main"]])
-            out["k_sparse_f1"].append([float(v) for v in pl["f1s"]])
-            out["n_probe_tp"].append(n_tp)
-            out["mean_absorption_fraction"].append(float(frac_N[m].mean()) if n_tp else float("nan"))
-            out["full_absorption_rate"].append(float(full_N[m].double().mean()) if n_tp else float("nan"))
-            out["n_full_absorption"].append(int(full_N[m].sum()))
+            row = {"row_key": f"letter={L}", "letter": L, **fixed,
+                   "n_train": int(((y == c) & tr).sum()), "n_test": int(((y == c) & te).sum()),
+                   "probe_f1": float(probes.f1_C[c]), "probe_precision": float(probes.precision_C[c]),
+                   "probe_recall": float(probes.recall_C[c]), "probe_ok": bool(probes.f1_C[c] > self.cfg.f1_threshold),
+                   "k": int(pl["k"]), "main_latents": [int(j) for j in pl["main"]],
+                   "main_latents_cos": [float(cos_CS[c, j]) for j in pl["main"]],
+                   "k_sparse_f1": [float(v) for v in pl["f1s"]], "n_probe_tp": n_tp,
+                   "mean_absorption_fraction": float(frac_N[m].mean()) if n_tp else float("nan"),
+                   "full_absorption_rate": float(full_N[m].double().mean()) if n_tp else float("nan"),
+                   "n_full_absorption": int(full_N[m].sum())}
+            for k in COLUMNS:
+                out[k].append(row[k])
         return out
 
     @classmethod
     def summarize(cls, tables, out_dir):
-        import math
-
-        rows: list[dict] = []
-        per_sae: dict[tuple[str, str], dict] = {}
-        for manifest, table in tables:
-            study_cfg = (manifest.get("config") or {}).get("study") or {}
-            thr = float(study_cfg.get("f1_threshold", 0.6))
-            min_letters = int(study_cfg.get("min_letters", 20))
-            for r in table.to_pylist():
-                key = (r["sae"], r["hook"])
-                d = per_sae.setdefault(key, {"l0": r["l0"], "arch": r["architecture"], "letters": {}})
-                d["letters"][r["letter"]] = r
-                d["thr"], d["min_letters"] = thr, min_letters
-        for (sae, hook), d in sorted(per_sae.items()):
-            ok = [r for r in d["letters"].values() if r["probe_f1"] > d["thr"] and r["n_probe_tp"] > 0]
-            scored = [r for r in d["letters"].values() if r["n_probe_tp"] > 0]
-            for metric in ("mean_absorption_fraction", "full_absorption_rate"):
-                name = "absorption_fraction" if metric == "mean_absorption_fraction" else "full_absorption_rate"
-                # "mean": over letters with probe F1 > threshold (the reported number, SAEBench);
-                # "mean_any_f1": over every letter with probe true positives (a diagnostic where
-                # few letters pass, e.g. a model whose probes do not generalise to held-out words)
-                gated = ok if len(ok) >= d["min_letters"] else []
-                for stat, group in (("mean", gated), ("mean_ungated", ok), ("mean_any_f1", scored)):
-                    vals = [r[metric] for r in group if r[metric] is not None and not math.isnan(r[metric])]
-                    rows.append({"section": "absorption", "direction": None, "schedule": None, "sae": sae, "hook": hook,
-                                 "metric": name, "statistic": stat, "x": float(d["l0"]),
-                                 "value": (sum(vals) / len(vals)) if vals else None, "n": len(vals)})
-                for L, r in sorted(d["letters"].items()):
-                    v = r[metric]
-                    rows.append({"section": "absorption", "direction": None, "schedule": None, "sae": sae, "hook": hook,
-                                 "metric": name, "statistic": f"letter_{L}", "x": float(r["probe_f1"]),
-                                 "value": None if v is None or math.isnan(v) else float(v), "n": int(r["n_probe_tp"])})
-            rows.append({"section": "absorption", "direction": None, "schedule": None, "sae": sae, "hook": hook,
-                         "metric": "letters_f1_ok", "statistic": "count", "x": float(d["l0"]), "value": float(len(ok)),
-                         "n": len(d["letters"])})
-        figs = _figures(per_sae, Path(out_dir)) if per_sae else {}
-        return rows, figs
-
-
-def _short(sae: str) -> str:
-    return "/".join(sae.rstrip("/").split("/")[-2:])
-
-
-def _figures(per_sae: dict, out_dir: Path) -> dict[str, Path]:
-    """absorption_letters.png: per letter and SAE, bars (faded where the letter's probe F1 is
-    not above the threshold); absorption_l0.png: the per-SAE means against L0 (solid: letters
-    above the F1 threshold; dashed: every letter with probe true positives)."""
-    import math
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
-    import numpy as np
-
-    def val(r, metric):
-        v = None if r is None else r[metric]
-        return np.nan if v is None or math.isnan(v) else v
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys = sorted(per_sae, key=lambda k: per_sae[k]["l0"])
-    cmap = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20")
-    metrics = (("full_absorption_rate", "full-absorption rate"), ("mean_absorption_fraction", "mean absorption fraction"))
-
-    fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.4]})
-    width = 0.8 / max(1, len(keys))
-    xs = np.arange(len(LETTERS))
-    for ax, (metric, title) in zip(axes, metrics):
-        for i, key in enumerate(keys):
-            d = per_sae[key]
-            rs = [d["letters"].get(L) for L in LETTERS]
-            ok = np.array([r is not None and r["probe_f1"] > d["thr"] for r in rs])
-            v = np.array([val(r, metric) for r in rs], dtype=float)
-            x = xs + (i - (len(keys) - 1) / 2) * width
-            color = cmap(i % cmap.N)
-            ax.bar(x[ok], v[ok], width, color=color, label=f"{_short(key[0])} (L0 {d['l0']:.1f})")
-            ax.bar(x[~ok], v[~ok], width, color=color, alpha=0.3)
-        ax.set_ylabel(title)
-        ax.set_ylim(0, 1)
-    thr = per_sae[keys[0]]["thr"]
-    # the probes do not depend on the SAE; one bar per letter (the first SAE's run)
-    f1 = [val(per_sae[keys[0]]["letters"].get(L), "probe_f1") for L in LETTERS]
-    axes[2].bar(xs, f1, 0.6, color="0.4")
-    axes[2].axhline(thr, color="red", lw=0.8, ls="--")
-    axes[2].set_ylabel("probe F1 (test)")
-    axes[2].set_ylim(0, 1)
-    axes[2].set_xticks(xs, LETTERS)
-    axes[0].set_title(f"Absorption per letter (faded: probe F1 <= {thr:g})")
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    p1 = out_dir / "absorption_letters.png"
-    fig.savefig(p1, dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.4))
-    for (metric, title), color in zip(metrics, ("C0", "C1")):
-        for style, only_ok, what in (("o-", True, "probe F1 > thr"), ("s--", False, "all letters")):
-            pts = []
-            for key in keys:
-                d = per_sae[key]
-                vs = [val(r, metric) for r in d["letters"].values() if (r["probe_f1"] > d["thr"] or not only_ok)]
-                vs = [v for v in vs if not np.isnan(v)]
-                if vs:
-                    pts.append((d["l0"], sum(vs) / len(vs), _short(key[0])))
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=f"{title} ({what})",
-                        alpha=1.0 if only_ok else 0.6)
-                for x, yv, name in pts:
-                    ax.annotate(name.split("/")[-1], (x, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("SAE L0 (word positions)")
-    ax.set_ylabel("mean over letters")
-    ax.set_title("Absorption vs SAE L0")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    p2 = out_dir / "absorption_l0.png"
-    fig.savefig(p2, dpi=110)
-    plt.close(fig)
-    return {"absorption_letters": p1, "absorption_l0": p2}
+        return summarize_tables(tables, Path(out_dir))

@@ -2,7 +2,7 @@
 [M24] (Makelov, Lange, Nanda 2024).
 
 Prompts: IOI sentences in patterns ABB (``io_pos=0``) and BAB (``io_pos=1``) with attributes
-``io``, ``s``, ``io_pos`` (:mod:`sensdir.ioi_templates`): on the embedded model from the
+``io``, ``s``, ``io_pos`` (:mod:`sensdir.tasks.ioi`): on the embedded model from the
 generator it was trained on, on GPT-2 small from the templates written for it. They are split
 by unordered name pair into train (dictionary, SAE latent choice) and test (every score).
 
@@ -43,10 +43,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from sensdir.directions.sae_recon import sae_decode, sae_encode
-from sensdir.directions.supervised import MeanCodeDictionary, PromptRuns, latent_f1, ld_recovered, name_token
-from sensdir.ioi_templates import (
+from sensdir.sae_ops import sae_decode, sae_encode
+from sensdir.studies.base import STUDIES, Study, StudyConfig
+from sensdir.tasks.ioi import (
     ATTRIBUTES,
     attribute_value,
     attribute_values,
@@ -57,7 +58,7 @@ from sensdir.ioi_templates import (
     resolve_source,
     sample_prompts,
 )
-from sensdir.studies.base import STUDIES, Study, StudyConfig
+from sensdir.tasks.ioi_dictionary import MeanCodeDictionary, PromptRuns, latent_f1, ld_recovered, name_token
 
 METHODS_LD = ("clean", "mean_ablation", "supervised", "sae")
 METHODS_EDIT = ("clean", "patch", "supervised", "sae")
@@ -86,6 +87,11 @@ def _f1_trivial(p: float) -> float:
     return 2 * p / (1 + p)
 
 
+def _add(out: dict[str, list], **kw) -> None:
+    for c in COLUMNS:
+        out[c].append(kw.get(c))
+
+
 def _kl(p_logits, q_logits):
     lp, lq = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
     return (lp.exp() * (lp - lq)).sum(-1)
@@ -110,29 +116,51 @@ class IoiSupervised(Study):
         keys += [f"f1={a}:{v}" for a in self.cfg.attributes for v in attribute_values(self.src, a)]
         return keys
 
+    def _runs(self, examples) -> PromptRuns:
+        return PromptRuns(self.ctx.model, self.ctx.site, [e.prompt for e in examples], self.cfg.batch, self.cfg.prepend_bos)
+
     @torch.inference_mode()
     def run(self) -> dict[str, list]:
         ctx, cfg, src = self.ctx, self.cfg, self.src
-        model, site, sae = ctx.model, ctx.site, ctx.sae
         exs = sample_prompts(src, cfg.n_prompts, ctx.seed)
         tr_idx, te_idx = pair_split(exs, cfg.test_frac, ctx.seed)
         if not tr_idx or not te_idx:
             raise ValueError("the train/test split by name pair left one side empty; raise study.n_prompts")
         train, test = [exs[i] for i in tr_idx], [exs[i] for i in te_idx]
-        runs = lambda xs: PromptRuns(model, site, [e.prompt for e in xs], cfg.batch, cfg.prepend_bos)  # noqa: E731
-        attrs = cfg.attributes
 
-        # the dictionary, fitted on train prompts
-        a_tr = runs(train).site_last()
-        lab_tr = {a: [attribute_value(e, a) for e in train] for a in attrs}
+        # the dictionary and the SAE latents per attribute value, from the train prompts
+        a_tr = self._runs(train).site_last()
+        lab_tr = {a: [attribute_value(e, a) for e in train] for a in cfg.attributes}
         dic = MeanCodeDictionary.fit(a_tr, lab_tr)
+        best = self._best_latents(a_tr, lab_tr)
 
-        # SAE latents per attribute value (train)
+        test_runs = self._runs(test)
+        clean = test_runs.logits()  # (logits, site activations) of the unedited test prompts
+        lab_te = {a: [attribute_value(e, a) for e in test] for a in cfg.attributes}
+        missing = {(a, v) for a in cfg.attributes for v in lab_te[a] if v not in dic.codes[a]}
+        if missing:
+            raise ValueError(f"no train prompt has {sorted(missing)[:3]}...; raise study.n_prompts")
+        out = {c: [] for c in COLUMNS}
+        common = dict(sae=ctx.cfg.sae.path or f"{ctx.cfg.sae.release}/{ctx.cfg.sae.sae_id}", hook=ctx.site.hook)
+        self._ld_rows(out, common, test, test_runs, clean, dic, lab_te)
+        for a in cfg.attributes:
+            self._edit_rows(out, common, a, test, test_runs, clean, dic, lab_te[a], best)
+        for a in cfg.attributes:
+            for v in attribute_values(src, a):
+                b = best[(a, v)]
+                _add(out, row_key=f"f1={a}:{v}", kind="f1", attribute=a, value=v, method="sae", latent=int(b["latents"][0]),
+                     latents=[int(x) for x in b["latents"]], f1=b["f1"], f1_trivial=b["f1_trivial"], precision=b["precision"],
+                     recall=b["recall"], n=b["n"], **common)
+        return out
+
+    def _best_latents(self, a_tr: Tensor, lab_tr: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
+        """Per attribute value, the ``sae_k`` latents whose activity best classifies it (F1)."""
+        cfg, sae = self.cfg, self.ctx.sae
         f_tr = torch.cat([sae_encode(sae, a_tr[i : i + cfg.batch]) for i in range(0, len(a_tr), cfg.batch)]).float()
         active = f_tr > 0
         best: dict[tuple[str, str], dict] = {}
-        for a in attrs:
-            for v in attribute_values(src, a):
+        for a in cfg.attributes:
+            for v in attribute_values(self.src, a):
                 pos = torch.tensor([x == v for x in lab_tr[a]], device=f_tr.device)
                 f1, prec, rec = latent_f1(active, pos)
                 top = torch.topk(f1, min(cfg.sae_k, f1.numel())).indices
@@ -140,22 +168,20 @@ class IoiSupervised(Study):
                 best[(a, v)] = {"latents": top, "mean": mean_act, "f1": float(f1[top[0]]), "precision": float(prec[top[0]]),
                                 "recall": float(rec[top[0]]), "n": int(pos.sum()),
                                 "f1_trivial": _f1_trivial(float(pos.float().mean()))}
+        return best
 
-        # LD recovered (test)
-        test_runs = runs(test)
+    def _ld_rows(self, out, common, test, test_runs: PromptRuns, clean, dic: MeanCodeDictionary, lab_te) -> None:
+        """The ``ld=<method>`` rows: mean logit difference, LD recovered and FVU per replacement."""
+        cfg, sae, model = self.cfg, self.ctx.sae, self.ctx.model
         io_tok = torch.tensor([name_token(model, e.io)[0] for e in test])
         s_tok = torch.tensor([name_token(model, e.s)[0] for e in test])
-        clean_logits, a_te = test_runs.logits()
+        clean_logits, a_te = clean
         rows_idx = torch.arange(len(test))
 
         def mean_ld(logits):
             lg = logits.float().cpu()
             return float((lg[rows_idx, io_tok] - lg[rows_idx, s_tok]).mean())
 
-        lab_te = {a: [attribute_value(e, a) for e in test] for a in attrs}
-        missing = {(a, v) for a in attrs for v in lab_te[a] if v not in dic.codes[a]}
-        if missing:
-            raise ValueError(f"no train prompt has {sorted(missing)[:3]}...; raise study.n_prompts")
         repl = {
             "mean_ablation": dic.u0_D.expand(len(test), -1),
             "supervised": dic.reconstruct(lab_te),
@@ -169,71 +195,61 @@ class IoiSupervised(Study):
         var = float(((a64 - a64.mean(0)) ** 2).sum())
         fvu = {m: float(((a64 - r.double().to(a64.device)) ** 2).sum()) / var for m, r in repl.items()}
         fvu["clean"] = 0.0
-
-        out = {c: [] for c in COLUMNS}
-        sae_name = ctx.cfg.sae.path or f"{ctx.cfg.sae.release}/{ctx.cfg.sae.sae_id}"
-
-        def add(**kw):
-            for c in COLUMNS:
-                out[c].append(kw.get(c))
-
-        common = dict(sae=sae_name, hook=site.hook)
         for m in METHODS_LD:
-            add(row_key=f"ld={m}", kind="ld", method=m, ld=ld[m], n=len(test), fvu=fvu[m],
-                ld_recovered=ld_recovered(ld[m], ld["clean"], ld["mean_ablation"]), **common)
+            _add(out, row_key=f"ld={m}", kind="ld", method=m, ld=ld[m], n=len(test), fvu=fvu[m],
+                 ld_recovered=ld_recovered(ld[m], ld["clean"], ld["mean_ablation"]), **common)
 
-        # edits (test)
+    def _edit_rows(self, out, common, a: str, test, test_runs: PromptRuns, clean, dic: MeanCodeDictionary, src_all, best) -> None:
+        """The ``edit=<a>/<method>`` rows: each test prompt's attribute ``a`` edited to another
+        value, scored against its counterfactual prompt (module docstring)."""
+        cfg, src, model = self.cfg, self.src, self.ctx.model
         n_edit = len(test) if cfg.n_edit == 0 else min(cfg.n_edit, len(test))
         sub = list(range(n_edit))
-        for a in attrs:
-            rng = random.Random(f"ioi-edit:{ctx.seed}:{a}")
-            src_vals = [lab_te[a][i] for i in sub]
-            # the new value is drawn among those the train prompts gave a code to
-            draw_src = src if a == "io_pos" else replace(src, names=tuple(n for n in src.names if n in dic.codes[a]))
-            to_vals = [other_value(draw_src, test[i], a, rng) for i in sub]
-            cfs = [counterfactual(src, test[i], a, v) for i, v in zip(sub, to_vals)]
-            cf_logits, a_cf = runs(cfs).logits()
-            base_runs = test_runs if n_edit == len(test) else runs(test[:n_edit])
-            a0 = a_te[:n_edit]
-            edited = {"patch": a_cf}
-            edited["supervised"] = dic.edit(a0, a, src_vals, to_vals)
-            f = torch.cat([sae_encode(sae, a0[i : i + cfg.batch]) for i in range(0, n_edit, cfg.batch)]).float()
-            f_new = f.clone()
-            for i, (v, w) in enumerate(zip(src_vals, to_vals)):
-                f_new[i, best[(a, v)]["latents"]] = 0
-                bw = best[(a, w)]
-                f_new[i, bw["latents"]] = bw["mean"]
-            dec = lambda z: torch.cat([sae_decode(sae, z[i : i + cfg.batch]) for i in range(0, n_edit, cfg.batch)]).float()  # noqa: E731
-            edited["sae"] = (a0.float() + (dec(f_new) - dec(f)).to(a0.device)).to(a0.dtype)
-            logits = {"clean": clean_logits[:n_edit]}
-            for m, r in edited.items():
-                logits[m] = base_runs.logits(r)[0]
-            # candidate names: those of p and p'
-            cand = [sorted({name_token(model, n)[0] for n in (test[i].io, test[i].s, c.io, c.s)}) for i, c in zip(sub, cfs)]
-            top_cf = cf_logits.argmax(-1).cpu()
-            top_patch = logits["patch"].argmax(-1).cpu()
+        rng = random.Random(f"ioi-edit:{self.ctx.seed}:{a}")
+        src_vals = [src_all[i] for i in sub]
+        # the new value is drawn among those the train prompts gave a code to
+        draw_src = src if a == "io_pos" else replace(src, names=tuple(n for n in src.names if n in dic.codes[a]))
+        to_vals = [other_value(draw_src, test[i], a, rng) for i in sub]
+        cfs = [counterfactual(src, test[i], a, v) for i, v in zip(sub, to_vals)]
+        cf_logits, a_cf = self._runs(cfs).logits()
+        base_runs = test_runs if n_edit == len(test) else self._runs(test[:n_edit])
+        clean_logits, a_te = clean
+        a0 = a_te[:n_edit]
+        edited = {"patch": a_cf, "supervised": dic.edit(a0, a, src_vals, to_vals),
+                  "sae": self._sae_edit(a0, [best[(a, v)] for v in src_vals], [best[(a, w)] for w in to_vals])}
+        logits = {"clean": clean_logits[:n_edit]}
+        for m, r in edited.items():
+            logits[m] = base_runs.logits(r)[0]
+        # candidate names: those of p and p'
+        cand = [sorted({name_token(model, n)[0] for n in (test[i].io, test[i].s, c.io, c.s)}) for i, c in zip(sub, cfs)]
+        top_cf = cf_logits.argmax(-1).cpu()
+        top_patch = logits["patch"].argmax(-1).cpu()
 
-            def name_argmax(lg):
-                lg = lg.float().cpu()
-                return torch.tensor([c[int(lg[i, c].argmax())] for i, c in enumerate(cand)])
+        def name_argmax(lg):
+            lg = lg.float().cpu()
+            return torch.tensor([c[int(lg[i, c].argmax())] for i, c in enumerate(cand)])
 
-            cf_names = name_argmax(cf_logits)
-            for m in METHODS_EDIT:
-                lg = logits[m]
-                top = lg.argmax(-1).cpu()
-                add(row_key=f"edit={a}/{m}", kind="edit", attribute=a, method=m, n=n_edit,
-                    agree_cf=float((top == top_cf).float().mean()),
-                    agree_cf_names=float((name_argmax(lg) == cf_names).float().mean()),
-                    agree_patch=float((top == top_patch).float().mean()),
-                    kl_cf=float(_kl(cf_logits, lg).mean()), **common)
+        cf_names = name_argmax(cf_logits)
+        for m in METHODS_EDIT:
+            lg = logits[m]
+            top = lg.argmax(-1).cpu()
+            _add(out, row_key=f"edit={a}/{m}", kind="edit", attribute=a, method=m, n=n_edit,
+                 agree_cf=float((top == top_cf).float().mean()),
+                 agree_cf_names=float((name_argmax(lg) == cf_names).float().mean()),
+                 agree_patch=float((top == top_patch).float().mean()),
+                 kl_cf=float(_kl(cf_logits, lg).mean()), **common)
 
-        for a in attrs:
-            for v in attribute_values(src, a):
-                b = best[(a, v)]
-                add(row_key=f"f1={a}:{v}", kind="f1", attribute=a, value=v, method="sae", latent=int(b["latents"][0]),
-                    latents=[int(x) for x in b["latents"]], f1=b["f1"], f1_trivial=b["f1_trivial"], precision=b["precision"], recall=b["recall"],
-                    n=b["n"], **common)
-        return out
+    def _sae_edit(self, a0: Tensor, best_from: list[dict], best_to: list[dict]) -> Tensor:
+        """``a + dec(f') - dec(f)``: each row's source-value latents set to 0 and its new value's
+        latents to their mean train activation (the SAE error is kept)."""
+        sae, batch, n = self.ctx.sae, self.cfg.batch, a0.shape[0]
+        f = torch.cat([sae_encode(sae, a0[i : i + batch]) for i in range(0, n, batch)]).float()
+        f_new = f.clone()
+        for i, (bv, bw) in enumerate(zip(best_from, best_to)):
+            f_new[i, bv["latents"]] = 0
+            f_new[i, bw["latents"]] = bw["mean"]
+        dec = lambda z: torch.cat([sae_decode(sae, z[i : i + batch]) for i in range(0, n, batch)]).float()  # noqa: E731
+        return (a0.float() + (dec(f_new) - dec(f)).to(a0.device)).to(a0.dtype)
 
     @classmethod
     def summarize(cls, tables, out_dir: Path):

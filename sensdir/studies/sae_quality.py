@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from sensdir.data import load_prompts
-from sensdir.embedded.sae_metrics import ReconstructionStats, ce_loss_recovered, dead_fraction
+from sensdir.sae_metrics import ReconstructionStats, ce_loss_recovered, dead_fraction
 from sensdir.studies.base import STUDIES, Study, StudyConfig
 
 

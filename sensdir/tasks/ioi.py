@@ -1,30 +1,96 @@
-"""IOI prompts for the supervised-dictionary study ([M24], METHODS §7) and the ``supervised``
-direction type.
+"""IOI prompts (indirect object identification, Wang et al. 2022): the one set of names,
+places, objects and templates that the embedded model was trained on (its training sentences,
+:mod:`sensdir.embedded.tasks`) and that the supervised-dictionary study ([M24], METHODS §7) and
+the ``supervised`` direction type evaluate with, plus templates written for GPT-2 small.
+
+It lives outside both the embedded package and the plugins because both sides need the same
+lists: the shipped weights were trained on exactly these sentences.
 
 Two sources of sentences:
 
-* ``embedded``: the generator the embedded model was trained on (:mod:`sensdir.embedded.tasks`):
-  its names, places, objects and (by default) its training templates.
-* ``gpt2``: IOI templates for GPT-2 small in the style of the IOI paper (Wang et al. 2022):
-  two names are introduced, one of them (the subject ``s``) is repeated, and the prompt stops
-  right before the other one (the indirect object ``io``). The sentences below were written for
-  this project. Names are common first names, meant to be one GPT-2 token with a leading space;
-  a name that is not is scored by its first token (as on small test tokenizers).
+* ``embedded``: the embedded model's names, places, objects and (by default) its training
+  templates (:data:`TRAIN_TEMPLATES`; :data:`HELDOUT_TEMPLATES` never occur in training).
+* ``gpt2``: IOI templates for GPT-2 small in the style of the IOI paper: two names are
+  introduced, one of them (the subject ``s``) is repeated, and the prompt stops right before the
+  other one (the indirect object ``io``). Names are common first names, meant to be one GPT-2
+  token with a leading space; a name that is not is scored by its first token (as on small test
+  tokenizers).
 
-Every prompt is an :class:`sensdir.embedded.tasks.IOIExample` (``io``, ``s``, ``io_pos``:
-0 for pattern ABB, i.e. IO introduced first; 1 for BAB), so the study and the direction type
-read the attributes by name whatever the source.
+Every prompt is an :class:`IOIExample` (``io``, ``s``, ``io_pos``: 0 for pattern ABB, i.e. IO
+introduced first; 1 for BAB), so the study and the direction type read the attributes by name
+whatever the source. The templates, names and word lists are written for this project.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from sensdir.embedded import tasks
-from sensdir.embedded.tasks import IOIExample
+NAMES: tuple[str, ...] = (
+    "Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark",
+    "Laura", "Peter", "Kate", "Michael", "Lisa", "Daniel", "Alice", "Robert", "Jane", "George",
+    "Susan", "Henry", "Grace", "Frank", "Helen", "Jack", "Ruth", "Martin", "Amy", "Simon",
+    "Rose", "Adam", "Claire", "Eric", "Julia", "Ben", "Lucy", "Sam", "Nancy", "Carl",
+    "Diana", "Kevin", "Fred", "Ellen", "Victor", "Joan", "Oscar", "Irene", "Tim", "Sophie",
+)
+
+PLACES: tuple[str, ...] = (
+    "store", "park", "school", "office", "station", "garden", "market", "library",
+    "hospital", "beach", "restaurant", "house", "museum", "church", "bank", "river",
+)
+
+OBJECTS: tuple[str, ...] = (
+    "drink", "book", "ball", "key", "letter", "ring", "bag", "pen", "cake", "gift",
+    "phone", "map", "box", "coin", "hat", "ticket",
+)
+
+# {A} and {B} are the two names introduced first, {S} is the repeated subject; the prompt ends
+# right before the indirect object.
+TEMPLATES: tuple[str, ...] = (
+    "When {A} and {B} went to the {place}, {S} gave the {object} to",
+    "After {A} and {B} arrived at the {place}, {S} handed the {object} to",
+    "While {A} and {B} were working at the {place}, {S} gave a {object} to",
+    "Then, {A} and {B} had a long argument at the {place}. Afterwards {S} said goodbye to",
+    "Friends {A} and {B} found a {object} at the {place}. {S} gave it to",
+    "{A} and {B} went to the {place} together. {S} passed the {object} to",
+    "When {A} and {B} got a {object} at the {place}, {S} decided to give it to",
+    "The {place} was quiet when {A} and {B} came in. {S} showed the {object} to",
+    "After lunch, {A} and {B} went to the {place}. {S} brought the {object} to",
+    "{A} and {B} were cleaning the {place}. Later, {S} threw the {object} to",
+    "On Monday, {A} and {B} visited the {place}, and {S} sent a {object} to",
+    "When {A} and {B} met at the {place}, {S} offered the {object} to",
+    "Since {A} and {B} were both at the {place}, {S} lent the {object} to",
+    "Yesterday {A} and {B} walked into the {place}, where {S} gave a {object} to",
+)
+HELDOUT_TEMPLATES: frozenset[int] = frozenset({11, 12, 13})
+TRAIN_TEMPLATES: tuple[int, ...] = tuple(i for i in range(len(TEMPLATES)) if i not in HELDOUT_TEMPLATES)
+
+
+@dataclass(frozen=True)
+class IOIExample:
+    prompt: str
+    answer: str  # " " + io
+    io: str
+    s: str
+    io_pos: int  # 0: IO introduced first (ABB), 1: IO introduced second (BAB)
+    pattern: str  # "ABB" or "BAB"
+    template: int
+    place: str
+    object: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer
+
+    @property
+    def s_answer(self) -> str:
+        return " " + self.s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 # {A}, {B}: the names in order of introduction; {S}: the repeated subject; {place}, {object}.
 GPT2_TEMPLATES: tuple[str, ...] = (
@@ -45,15 +111,9 @@ GPT2_NAMES: tuple[str, ...] = (
     "Rose", "Adam", "Eric", "Julia", "Ben", "Lucy", "Sam", "Nancy", "Kevin", "Joe",
 )
 
-GPT2_PLACES: tuple[str, ...] = (
-    "store", "park", "school", "office", "station", "garden", "market", "library",
-    "hospital", "beach", "restaurant", "house", "museum", "church", "bank", "airport",
-)
-
-GPT2_OBJECTS: tuple[str, ...] = (
-    "drink", "book", "ball", "key", "letter", "ring", "bag", "pen", "cake", "gift",
-    "phone", "map", "box", "coin", "hat", "ticket",
-)
+# The GPT-2 places are the embedded ones with a more common last word; the objects are the same.
+GPT2_PLACES: tuple[str, ...] = PLACES[:-1] + ("airport",)
+GPT2_OBJECTS: tuple[str, ...] = OBJECTS
 
 SOURCES = ("embedded", "gpt2")
 ATTRIBUTES = ("io", "s", "io_pos")
@@ -76,8 +136,8 @@ def ioi_source(name: str, templates: Sequence[int] = (), custom_templates: Seque
     ``custom_templates`` and ``names`` replace the templates and names outright (tests, small
     tokenizers)."""
     if name == "embedded":
-        all_t, default = tasks.TEMPLATES, tasks.TRAIN_TEMPLATES
-        src = IOISource((), tasks.NAMES, tasks.PLACES, tasks.OBJECTS)
+        all_t, default = TEMPLATES, TRAIN_TEMPLATES
+        src = IOISource((), NAMES, PLACES, OBJECTS)
     elif name == "gpt2":
         all_t, default = GPT2_TEMPLATES, tuple(range(len(GPT2_TEMPLATES)))
         src = IOISource((), GPT2_NAMES, GPT2_PLACES, GPT2_OBJECTS)

@@ -1,6 +1,8 @@
 """Evaluation metrics for sparse autoencoders (SAEs).
 
-All functions take plain tensors, so they work for any SAE (sae_lens or otherwise).
+All functions take plain tensors, so they work for any SAE (sae_lens or otherwise). Shared by
+the embedded SAE trainer (its cards) and the ``sae_quality`` study, so it is not part of the
+embedded package.
 Activations are ``[..., d]``; every leading dimension is treated as a sample axis.
 
 Definitions (sums run over every sample and every coordinate):

@@ -1,4 +1,4 @@
-"""A lean forward pass for the last position, for the common HookedTransformer layouts.
+"""The lean path: a forward pass of the last position only, for the common HookedTransformer layouts.
 
 Every step of a walk perturbs only the last position, so each block needs that position's
 query against keys and values of a prefix that all steps of the walk share. Run through
@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+
+from sensdir.engine.forward import norm
 
 # in place: every caller applies them to a fresh matrix product
 _ACTS = {
@@ -74,17 +76,6 @@ def unsupported_reason(cfg) -> str | None:
     return ", ".join(reasons) if reasons else None
 
 
-def _norm(kind: str | None, module, x: Tensor, eps: float) -> Tensor:
-    if kind is None:
-        return x
-    if kind in ("LN", "LNPre"):
-        w = module.w if kind == "LN" else None
-        b = module.b if kind == "LN" else None
-        return F.layer_norm(x, x.shape[-1:], w, b, eps)
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return x * module.w if kind == "RMS" else x
-
-
 @dataclass
 class _Layer:
     block: object
@@ -93,13 +84,13 @@ class _Layer:
     W_O: Tensor  # [heads * d_head, d]
 
 
-class LastPosition:
-    """Blocks ``start_layer..`` of ``model`` for one perturbed last position per row."""
+class LeanPath:
+    """The lean path: blocks ``start_layer..`` of ``model`` for one perturbed last position per row."""
 
     def __init__(self, model, start_layer: int):
         reason = unsupported_reason(model.cfg)
         if reason is not None:
-            raise ValueError(f"lean last-position path does not support: {reason}")
+            raise ValueError(f"the lean path does not support: {reason}")
         self.model = model
         self.cfg = model.cfg
         self.workspace = Workspace()
@@ -116,7 +107,7 @@ class LastPosition:
     def _qkv(self, layer: _Layer, x_ND: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (pre-scaled), keys and values, each [N, heads, d_head], views of one
         product (written into ``out`` if given)."""
-        h_ND = _norm(self.cfg.normalization_type, getattr(layer.block, "ln1", None), x_ND, self.cfg.eps)
+        h_ND = norm(self.cfg.normalization_type, getattr(layer.block, "ln1", None), x_ND, self.cfg.eps)
         qkv = torch.addmm(layer.b_qkv, h_ND, layer.W_qkv, out=out)
         H = self.cfg.n_heads
         return qkv.view(x_ND.shape[0], 3, H, layer.W_qkv.shape[1] // (3 * H)).unbind(1)
@@ -128,7 +119,7 @@ class LastPosition:
     def _add_mlp_(self, layer: _Layer, x_ND: Tensor, out: Tensor | None = None) -> None:
         """x += MLP(x), the hidden layer written into ``out`` if given."""
         blk, mlp = layer.block, layer.block.mlp
-        h_ND = _norm(self.cfg.normalization_type, getattr(blk, "ln2", None), x_ND, self.cfg.eps)
+        h_ND = norm(self.cfg.normalization_type, getattr(blk, "ln2", None), x_ND, self.cfg.eps)
         hid = torch.addmm(mlp.b_in, h_ND, mlp.W_in, out=out)
         _ACTS[self.cfg.act_fn](hid)
         x_ND.addmm_(hid, mlp.W_out).add_(mlp.b_out)

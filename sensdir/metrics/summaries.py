@@ -1,4 +1,5 @@
-"""Per-step metrics and per-perturbation summaries (METHODS §4)."""
+"""Per-row summaries of a curve (METHODS §4), one implementation each: the job computes them
+and the synthetic sweeps of the tests and benchmark reuse them."""
 
 from __future__ import annotations
 
@@ -6,17 +7,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-
-def kl_from_logits(
-    clean_logits_NV: Float[Tensor, "N V"], logits_NV: Float[Tensor, "N V"]
-) -> Float[Tensor, " N"]:
-    """KL(P_clean || Q) = sum_v P_clean(v) (log P_clean(v) - log Q(v)), in float32.
-
-    METHODS §4: this argument order, not the swapped one of a reference helper.
-    """
-    logp_NV = torch.log_softmax(clean_logits_NV.float(), dim=-1)
-    logq_NV = torch.log_softmax(logits_NV.float(), dim=-1)
-    return (logp_NV.exp() * (logp_NV - logq_NV)).sum(dim=-1)
+from sensdir.config import MetricConfig
+from sensdir.metrics.base import Summary
 
 
 def _valid_length(valid_NK: Bool[Tensor, "N K"]) -> Int[Tensor, " N"]:
@@ -25,9 +17,7 @@ def _valid_length(valid_NK: Bool[Tensor, "N K"]) -> Int[Tensor, " N"]:
 
 
 def max_slope_step(
-    y_NK: Float[Tensor, "N K"],
-    valid_NK: Bool[Tensor, "N K"] | None = None,
-    threshold: float = 0.02,
+    y_NK: Float[Tensor, "N K"], valid_NK: Bool[Tensor, "N K"] | None = None, threshold: float = 0.02
 ) -> Int[Tensor, " N"]:
     """Blowup location [GP24]: index of the largest single-step rise of ``y``.
 
@@ -36,7 +26,6 @@ def max_slope_step(
     schedule (METHODS §2), "last step" is the last valid one (choice: the reference only
     had full curves) and dropped steps never count.
     """
-    N, K = y_NK.shape
     if valid_NK is None:
         valid_NK = torch.ones_like(y_NK, dtype=torch.bool)
     d_NK = torch.diff(y_NK, dim=-1)
@@ -49,15 +38,30 @@ def max_slope_step(
 
 
 def plateau_length(
-    l2_NK: Float[Tensor, "N K"],
-    valid_NK: Bool[Tensor, "N K"] | None = None,
-    threshold: float = 20.0,
+    l2_NK: Float[Tensor, "N K"], valid_NK: Bool[Tensor, "N K"] | None = None, threshold: float = 20.0
 ) -> Int[Tensor, " N"]:
     """Plateau length [GP24]: first step where ``l2 >= threshold``, else the number of
     (valid) steps."""
-    N, K = l2_NK.shape
     if valid_NK is None:
         valid_NK = torch.ones_like(l2_NK, dtype=torch.bool)
     hit_NK = (l2_NK >= threshold) & valid_NK
-    first_N = torch.where(hit_NK.any(dim=-1), hit_NK.long().argmax(dim=-1), _valid_length(valid_NK))
-    return first_N
+    return torch.where(hit_NK.any(dim=-1), hit_NK.long().argmax(dim=-1), _valid_length(valid_NK))
+
+
+def max_slope(metric: str, label: str) -> Summary:
+    """The max-slope step of ``metric``'s curve, column ``ms_step_<metric>``."""
+    return Summary(
+        column=f"ms_step_{metric}",
+        compute=lambda y, valid, cfg: max_slope_step(y, valid, cfg.ms_threshold),
+        figure="ms_step",
+        label=f"{label} max-slope step",
+    )
+
+
+def plateau(column: str = "plateau_len") -> Summary:
+    """Steps before the curve first reaches ``metric.plateau_l2``."""
+
+    def compute(y: Tensor, valid: Tensor, cfg: MetricConfig) -> Tensor:
+        return plateau_length(y, valid, cfg.plateau_l2)
+
+    return Summary(column=column, compute=compute, figure="plateau", label="plateau length")

@@ -1,0 +1,105 @@
+"""The columns of walk and study shards (docs/shards.md) and the readers' view of a sweep.
+
+A walk shard has the fixed columns below, then each metric's curve and summaries (declared by
+the metric, ``sensdir.metrics``), then the direction type's own facts as nullable columns.
+The schema metadata (key ``sensdir``) holds the resolved config, the identity and the metric
+table, so a reader needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sensdir.artifacts.layout import PARQUET, find_job_dirs, shard_files_in
+from sensdir.artifacts.records import METADATA_KEY, kind_of, read_metadata
+
+SCHEMA_VERSION = 1
+
+# Per-step curve columns and per-row summaries come from the metrics; these are always there.
+ID_FIELDS = [
+    pa.field("row_id", pa.string(), nullable=False),
+    pa.field("job_key", pa.string(), nullable=False),
+    pa.field("direction", pa.string(), nullable=False),
+    pa.field("schedule", pa.string(), nullable=False),
+    pa.field("grid_kind", pa.string(), nullable=False),
+    pa.field("shard", pa.int32(), nullable=False),
+    pa.field("prompt_index", pa.int64(), nullable=False),
+    pa.field("target_index", pa.int32(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("prompt_tokens", pa.list_(pa.int32()), nullable=False),
+    pa.field("grid", pa.list_(pa.float32()), nullable=False),
+    pa.field("n_valid_steps", pa.int32(), nullable=False),
+    pa.field("base_norm", pa.float32(), nullable=False),
+]
+CURVE_TYPE = pa.list_(pa.float32())
+SUMMARY_TYPE = pa.int32()
+
+# What shards written before metrics were declared in their metadata hold.
+LEGACY_METRICS: dict[str, Any] = {
+    "kl": {"label": "KL", "summaries": [{"column": "ms_step_kl", "figure": "ms_step", "label": "KL max-slope step"}]},
+    "l2": {
+        "label": "L2",
+        "summaries": [
+            {"column": "ms_step_l2", "figure": "ms_step", "label": "L2 max-slope step"},
+            {"column": "plateau_len", "figure": "plateau", "label": "plateau length"},
+        ],
+    },
+}
+
+
+def metrics_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metric table a walk shard declares (``LEGACY_METRICS`` for older shards)."""
+    return meta.get("metrics") or LEGACY_METRICS
+
+
+def required_columns(meta: dict[str, Any]) -> list[str]:
+    """Columns a shard of this metadata must have to be read."""
+    if kind_of(meta) != "walk":
+        return ["row_id", "job_key"]
+    cols = ["row_id", "job_key", "direction"]
+    for name, m in metrics_of(meta).items():
+        cols += [name, *(s["column"] for s in m["summaries"])]
+    return cols
+
+
+def schema_metadata(metadata: dict[str, Any]) -> dict[bytes, bytes]:
+    return {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()}
+
+
+def build_walk_table(columns: dict[str, list], metric_fields: list[pa.Field], metadata: dict[str, Any]) -> pa.Table:
+    fields = [*ID_FIELDS, *metric_fields]
+    arrays = [pa.array(columns[f.name], type=f.type) for f in fields]
+    known = {f.name for f in fields}
+    for name in sorted(set(columns) - known):
+        arr = pa.array(columns[name])
+        fields.append(pa.field(name, arr.type, nullable=True))
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema_metadata(metadata)))
+
+
+def build_study_table(columns: dict[str, list], metadata: dict[str, Any]) -> pa.Table:
+    """A study's table: column types inferred, ``row_id`` first."""
+    names = ["row_id"] + [c for c in columns if c != "row_id"]
+    arrays = [pa.array(columns[c]) for c in names]
+    schema = pa.schema([pa.field(c, a.type) for c, a in zip(names, arrays)], metadata=schema_metadata(metadata))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def open_sweep(sweep_dir: str | Path):
+    """All walk shards of a sweep as one ``pyarrow.dataset`` (Hydra's logs, reduce outputs
+    and study tables beside them are left out)."""
+    import pyarrow.dataset as ds
+
+    files = [
+        str(p)
+        for jdir in find_job_dirs(Path(sweep_dir))
+        for p in shard_files_in(jdir, PARQUET).values()
+        if kind_of(read_metadata(p)) == "walk"
+    ]
+    if not files:
+        raise FileNotFoundError(f"no walk shards under {sweep_dir}/*/")
+    return ds.dataset(files, format="parquet")

@@ -1,0 +1,141 @@
+"""The skeleton every job shares: validate → skip if complete → load → plan → rows → write.
+
+A job's *task* (walks, or a study) knows what its rows are; the skeleton knows the files
+(``sensdir.artifacts``): the plan before any compute, the Parquet shard, then the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import torch
+
+from sensdir.artifacts.identity import config_dict, config_hash, job_key
+from sensdir.artifacts.layout import ShardFiles
+from sensdir.artifacts.records import is_complete, read_json, write_json_atomic, write_plan, write_table_atomic
+from sensdir.artifacts.schema import SCHEMA_VERSION
+from sensdir.config import SensdirConfig
+from sensdir.loading import check_site, load_model, load_sae, resolve_device
+from sensdir.provenance import provenance
+from sensdir.site import Site
+
+log = logging.getLogger("sensdir")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_dir: Path
+    shard_path: Path
+    manifest_path: Path
+    n_rows: int
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a task computes with, loaded once per job after the seed is set."""
+
+    device: torch.device
+    model: Any  # HookedTransformer
+    sae: Any  # sae_lens SAE
+    site: Site
+
+
+class Task(Protocol):
+    kind: str  # "walk" or the study's name: the shard metadata's ``kind``
+
+    def plan(self) -> list[str]:
+        """The row ids the shard will hold, known before any compute."""
+
+    def batches(self) -> Iterator[dict[str, list]]:
+        """The rows, a batch of columns at a time, in plan order."""
+
+    def table(self, columns: dict[str, list], metadata: dict[str, Any]) -> pa.Table: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the shard's metadata beyond the identity (e.g. the metric table)."""
+
+    def record(self) -> dict[str, Any]:
+        """Facts for the manifest about how the rows were computed (e.g. the engine path)."""
+
+
+def load(cfg: SensdirConfig) -> Loaded:
+    """Seed once, then the device, model, SAE and site (checked against each other)."""
+    torch.manual_seed(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    model = load_model(cfg.model, device)
+    sae = load_sae(cfg.sae, device)
+    return Loaded(device, model, sae, check_site(model, sae, cfg.site.hook))
+
+
+def _concat(batches: Iterator[dict[str, list]]) -> dict[str, list]:
+    columns: dict[str, list] = {}
+    for batch in batches:
+        for key, values in batch.items():
+            columns.setdefault(key, []).extend(values)
+    return columns
+
+
+def _skipped(files: ShardFiles) -> JobResult:
+    n = (read_json(files.manifest) or {}).get("n_rows", 0)
+    log.info("skip: %s is complete (%d rows)", files.parquet, n)
+    return JobResult(files.job_dir, files.parquet, files.manifest, n, skipped=True)
+
+
+def execute(cfg: SensdirConfig, make_task) -> JobResult:
+    """Run ``make_task(cfg, loaded, job_key)``'s rows into this job's shard (or skip it)."""
+    t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
+    chash, jkey = config_hash(cfg), job_key(cfg)
+    files = ShardFiles.of(Path(cfg.run.out_dir) / cfg.run.name / jkey, cfg.run.shard, cfg.run.shards)
+    if not cfg.run.overwrite and is_complete(files, chash):
+        return _skipped(files)
+    loaded = load(cfg)
+    task = make_task(cfg, loaded, jkey)
+    row_ids = task.plan()
+    write_plan(files, jkey, chash, row_ids)
+    t_plan = time.perf_counter()
+    columns = _concat(task.batches())
+    got = columns.get("row_id", [])
+    if sorted(got) != sorted(row_ids):
+        raise RuntimeError(f"{task.kind} job {jkey} computed rows {sorted(set(got) ^ set(row_ids))[:5]} it did not plan (or missed them)")
+    t_rows = time.perf_counter()
+    meta = {"schema_version": SCHEMA_VERSION, "kind": task.kind, "config_hash": chash, "job_key": jkey, "seed": cfg.run.seed, "config": config_dict(cfg), **task.describe()}
+    write_table_atomic(files.parquet, task.table(columns, meta))
+    t_end = time.perf_counter()
+    timings = {"prepare": t_plan - t0, "rows": t_rows - t_plan, "write": t_end - t_rows, "total": t_end - t0}
+    manifest = {
+        **meta,
+        "status": "complete",
+        "n_rows": len(row_ids),
+        "shard": cfg.run.shard,
+        "shards": cfg.run.shards,
+        "parquet": files.parquet.name,
+        "provenance": provenance(),
+        "device": str(loaded.device),
+        **task.record(),
+        "started_at": started,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "timings_s": timings,
+    }
+    write_json_atomic(files.manifest, manifest)
+    log.info("wrote %d rows (%s) -> %s", len(row_ids), jkey, files.parquet)
+    return JobResult(files.job_dir, files.parquet, files.manifest, len(row_ids), skipped=False)
+
+
+def run_job(cfg: SensdirConfig) -> JobResult:
+    from sensdir.job.study import StudyTask
+    from sensdir.job.walks import WalkTask
+    from sensdir.validate import validate_study, validate_walks
+
+    if cfg.study is not None:
+        entry = validate_study(cfg)
+        return execute(cfg, lambda c, loaded, jkey: StudyTask(c, loaded, jkey, entry.impl))
+    schedule = validate_walks(cfg)
+    return execute(cfg, lambda c, loaded, jkey: WalkTask(c, loaded, jkey, schedule))

@@ -1,0 +1,141 @@
+"""A walk job's rows: base prompts × targets, each walked by the schedule and measured by
+every metric at every step (METHODS §2-§4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sensdir.artifacts.identity import row_id
+from sensdir.artifacts.schema import build_walk_table
+from sensdir.config import SensdirConfig
+from sensdir.data import load_prompts, shard_slice
+from sensdir.directions import DIRECTIONS
+from sensdir.walk_types import DirectionContext
+from sensdir.engine import WalkEngine, clean_site_resid
+from sensdir.errors import ConfigError
+from sensdir.job.runner import Loaded
+from sensdir.metrics import METRICS
+from sensdir.schedules.base import Schedule
+from sensdir.stats import compute_stats, site_activations
+
+
+def _lists(x_NK: Tensor, valid_NK: Tensor) -> list[list[float | None]]:
+    """Rows of a curve, null where the schedule dropped the step."""
+    return [[float(v) if ok else None for v, ok in zip(row, vrow)] for row, vrow in zip(x_NK.tolist(), valid_NK.tolist())]
+
+
+class WalkTask:
+    kind = "walk"
+
+    def __init__(self, cfg: SensdirConfig, loaded: Loaded, jkey: str, schedule: Schedule):
+        self.cfg, self.loaded, self.jkey, self.schedule = cfg, loaded, jkey, schedule
+        model, site, run = loaded.model, loaded.site, cfg.run
+        prompts = load_prompts(cfg.data, model.tokenizer, run.seed)
+        sl = shard_slice(len(prompts.base_BT), run.shard, run.shards)
+        # Each base prompt is walked toward n_targets targets: its rows are consecutive.
+        self.base_BT = prompts.base_BT[sl].repeat_interleave(run.n_targets, dim=0)
+        self.base_index_B = prompts.base_index_B[sl].repeat_interleave(run.n_targets)
+        self.target_index_B = torch.arange(run.n_targets).repeat(len(self.base_BT) // run.n_targets)
+        stats = compute_stats(site_activations(model, prompts.stats_NT, site), loaded.sae, cfg.stats, cfg.data.prepend_bos)
+        pool_PD = site_activations(model, prompts.pool_PT, site)[:, -1, :]
+        ctx = DirectionContext(sae=loaded.sae, stats=stats, pool_PD=pool_PD, device=loaded.device, model=model, site=site)
+        try:
+            self.direction = DIRECTIONS.build(cfg.direction, ctx)
+        except ValueError as e:  # e.g. sae_feature:dead on an SAE without dead latents
+            raise ConfigError(f"direction {cfg.direction.name!r}: {e}") from None
+        self.metrics = [METRICS.get(name).impl() for name in cfg.metric.names]
+        eng = cfg.engine
+        self.engine = WalkEngine(
+            model, site, self.metrics, positions=cfg.site.positions, path=eng.path, batch_size=eng.batch_size, logits_mb=eng.logits_mb, compile=eng.compile
+        )
+
+    def plan(self) -> list[str]:
+        s = self.cfg.run.shard
+        return [row_id(self.jkey, s, int(p), int(t)) for p, t in zip(self.base_index_B, self.target_index_B)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"metrics": {m.name: m.describe() for m in self.metrics}}
+
+    def record(self) -> dict[str, Any]:
+        return {"engine": self.engine.record()}
+
+    def table(self, columns: dict[str, list], metadata: dict[str, Any]) -> pa.Table:
+        fields = [f for m in self.metrics for f in m.fields()]
+        return build_walk_table(columns, fields, metadata)
+
+    def batches(self) -> Iterator[dict[str, list]]:
+        # Bases are walked in blocks of a few forward batches, bounding the [B, K, d] walk tensors.
+        cfg = self.cfg
+        T = cfg.data.n_ctx if cfg.site.positions == "all" else 1
+        block = 4 * max(1, cfg.engine.batch_size // (self.schedule.n_steps * T))
+        # One CPU generator, seeded once from the config (and the shard, so shards differ).
+        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + cfg.run.shard)
+        ids = self.plan()
+        bar = tqdm(total=len(self.base_BT), desc=f"{cfg.direction.label()} walks", unit="walk", disable=not cfg.run.progress)
+        for start in range(0, len(self.base_BT), block):
+            rows = slice(start, start + block)
+            yield {**self._identity_columns(rows, ids), **self._walk_block(rows, gen, bar)}
+        bar.close()
+
+    def _identity_columns(self, rows: slice, ids: list[str]) -> dict[str, list]:
+        cfg = self.cfg
+        n = len(ids[rows])
+        return {
+            "row_id": ids[rows],
+            "job_key": [self.jkey] * n,
+            "direction": [cfg.direction.label()] * n,
+            "schedule": [cfg.schedule.name] * n,
+            "grid_kind": [self.schedule.grid_kind] * n,
+            "shard": [cfg.run.shard] * n,
+            "prompt_index": self.base_index_B[rows].tolist(),
+            "target_index": self.target_index_B[rows].tolist(),
+            "seed": [cfg.run.seed] * n,
+            "prompt_tokens": self.base_BT[rows].tolist(),
+        }
+
+    def _walk_block(self, rows: slice, gen: torch.Generator, bar) -> dict[str, list]:
+        cfg, model, site = self.cfg, self.loaded.model, self.loaded.site
+        every_position = cfg.site.positions == "all"
+        clean_bTD = clean_site_resid(model, self.base_BT[rows].to(self.loaded.device), site)
+        b, T, D = clean_bTD.shape
+        # In "all" mode every position is a base with its own proposal and walk.
+        base_nD = (clean_bTD.reshape(b * T, D) if every_position else clean_bTD[:, -1, :]).float()
+        index_n = self.base_index_B[rows]
+        with torch.inference_mode():
+            prop = self.direction.propose(base_nD, index_n.repeat_interleave(T) if every_position else index_n, gen)
+            walk = self.schedule.walk(base_nD, prop)
+        curves = self.engine.curves(clean_bTD, walk.acts_BKD, progress=bar)
+        valid, grid = walk.valid_BK, walk.grid_BK
+        if every_position:  # (choice) a step is kept only where every position's walk has it
+            K = walk.acts_BKD.shape[1]
+            valid, grid = valid.reshape(b, T, K).all(dim=1), grid.reshape(b, T, K)[:, 0]
+        valid = valid.cpu()
+        out: dict[str, list] = {
+            "grid": grid.float().cpu().tolist(),
+            "n_valid_steps": valid.sum(-1).tolist(),
+            "base_norm": base_nD.norm(dim=-1).reshape(b, -1).mean(-1).cpu().tolist(),
+        }
+        for m in self.metrics:
+            y = torch.where(valid, curves[m.name].cpu(), torch.nan)
+            out[m.name] = _lists(y, valid)
+            for s in m.summaries:
+                out[s.column] = s.compute(y, valid, cfg.metric).tolist()
+        return {**out, **self._info_columns(prop, b, T if every_position else None)}
+
+    @staticmethod
+    def _info_columns(prop, b: int, per_row: int | None) -> dict[str, list]:
+        """The direction type's own facts; in "all" mode one list per row, an entry per position."""
+        info = dict(prop.info)
+        if prop.natural_length_B is not None:
+            info["natural_length"] = prop.natural_length_B
+        out = {}
+        for key, val in info.items():
+            vals = val.tolist() if torch.is_tensor(val) else list(val)
+            out[key] = vals if per_row is None else [vals[i * per_row : (i + 1) * per_row] for i in range(b)]
+        return out

@@ -1,0 +1,101 @@
+"""Every check of a config that needs no model, in one place, before anything is loaded or
+written: plugin names and config types, schedule against direction, metrics, ranges.
+
+A failure is a ``ConfigError`` naming the setting; the entry point prints it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import TYPE_CHECKING, Any
+
+from sensdir.errors import ConfigError
+from sensdir.registry import Registry, UnknownNameError
+
+if TYPE_CHECKING:
+    from sensdir.config import SensdirConfig
+    from sensdir.schedules.base import Schedule
+
+
+def _entry(group: str, registry: Registry, sub: Any):
+    try:
+        entry = registry.get(sub.name)
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    if not isinstance(sub, entry.config_cls):
+        raise ConfigError(f"{group} {sub.name!r} needs a {entry.config_cls.__name__}, got {type(sub).__name__}")
+    return entry
+
+
+def _check_choices(cfg: SensdirConfig) -> None:
+    """Settings typed as a ``Choice`` hold one of its values (Hydra checks this at composition;
+    configs built in Python are checked here)."""
+    from sensdir.config import Choice
+
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for name, hint in typing.get_type_hints(type(sub)).items():
+            if isinstance(hint, type) and issubclass(hint, Choice):
+                value = getattr(sub, name)
+                if value not in {c.value for c in hint}:
+                    valid = ", ".join(c.value for c in hint)
+                    raise ConfigError(f"{section.name}.{name}={value!r} is not valid; valid choices: {valid}")
+
+
+def _check_run(cfg: SensdirConfig) -> None:
+    run, eng = cfg.run, cfg.engine
+    if run.shards < 1 or not 0 <= run.shard < run.shards:
+        raise ConfigError(f"run.shard must be in 0..run.shards-1, got shard={run.shard} shards={run.shards}")
+    if run.n_targets < 1 or eng.batch_size < 1 or eng.logits_mb <= 0:
+        raise ConfigError("run.n_targets, engine.batch_size and engine.logits_mb must be positive")
+    if cfg.site.positions == "all" and eng.path not in ("auto", "full"):
+        raise ConfigError(f"site.positions=all perturbs every position and runs engine.path=full, not {eng.path!r}")
+
+
+def _check_metrics(cfg: SensdirConfig) -> None:
+    from sensdir.metrics import METRICS
+
+    if not cfg.metric.names:
+        raise ConfigError("metric.names is empty; valid choices: " + ", ".join(METRICS.names()))
+    for name in cfg.metric.names:
+        try:
+            METRICS.get(name)
+        except UnknownNameError as e:
+            raise ConfigError(f"metric.names: {e}") from None
+
+
+def validate_study(cfg: SensdirConfig):
+    """The study's registry entry, checked."""
+    from sensdir.studies import STUDIES
+
+    entry = _entry("study", STUDIES, cfg.study)
+    _check_choices(cfg)
+    if cfg.run.shards != 1:
+        raise ConfigError(f"study {cfg.study.name!r} runs as one job; drop run.shards={cfg.run.shards}")
+    return entry
+
+
+def validate_walks(cfg: SensdirConfig) -> Schedule:
+    """The built schedule, once the config has passed every check."""
+    from sensdir.directions import DIRECTIONS
+    from sensdir.schedules import SCHEDULES
+
+    direction = _entry("direction", DIRECTIONS, cfg.direction)
+    _entry("schedule", SCHEDULES, cfg.schedule)
+    try:
+        schedule = SCHEDULES.build(cfg.schedule)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    returns = direction.impl.returns_for(cfg.direction)
+    if returns not in schedule.accepts:
+        able = ", ".join(e.name for e in SCHEDULES.entries() if returns in e.impl.accepts)
+        raise ConfigError(
+            f"direction {cfg.direction.name!r} gives a {returns}, which schedule {cfg.schedule.name!r} cannot walk; schedules that can: {able}"
+        )
+    _check_choices(cfg)
+    _check_metrics(cfg)
+    _check_run(cfg)
+    return schedule
