@@ -1,5 +1,6 @@
 # make run   - create .venv if missing, then run the quickstart sweep on the embedded model
-# make test  - create .venv if missing, then run the test suite
+# make test  - create .venv if missing, then lint (ruff, mypy) and run the test suite
+# make lint  - ruff check, ruff format --check, mypy sensdir
 # make bench - sensdir's engine against the papers' computation (writes bench.json)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -14,7 +15,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.sensdir-installed
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: venv run test test-fast test-slurm bench bench-reduce clean-results
+.PHONY: venv run lint test test-fast test-slurm bench bench-reduce clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +33,12 @@ run: $(STAMP)
 	$(PY) -m sensdir.run -m experiment=quickstart direction=real,random,synth_struct
 	@echo "sensdir: shards of this sweep are under results/quickstart/"
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

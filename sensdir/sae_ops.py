@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- SAE
 
 
-def sae_encode(sae: "SAE", x_BD: Float[Tensor, "B d"]) -> Float[Tensor, "B d_sae"]:
+def sae_encode(sae: SAE, x_BD: Float[Tensor, "B d"]) -> Float[Tensor, "B d_sae"]:
     """Latent codes ``f = sae.encode(x)``, computed on the SAE's device and dtype."""
     w = sae.W_dec
     with torch.no_grad():
         return sae.encode(x_BD.to(device=w.device, dtype=w.dtype))
 
 
-def sae_decode(sae: "SAE", f_BS: Float[Tensor, "B d_sae"]) -> Float[Tensor, "B d"]:
+def sae_decode(sae: SAE, f_BS: Float[Tensor, "B d_sae"]) -> Float[Tensor, "B d"]:
     """``sae.decode(f)`` (decoder bias included), on the SAE's device and dtype."""
     w = sae.W_dec
     with torch.no_grad():
@@ -42,7 +42,7 @@ def l0(f_BS: Float[Tensor, "B d_sae"]) -> Int[Tensor, " B"]:
     return (f_BS != 0).sum(dim=-1).cpu()
 
 
-def sae_error(sae: "SAE", base_BD: Float[Tensor, "B d"]) -> tuple[Float[Tensor, "B d"], Float[Tensor, "B d_sae"]]:
+def sae_error(sae: SAE, base_BD: Float[Tensor, "B d"]) -> tuple[Float[Tensor, "B d"], Float[Tensor, "B d_sae"]]:
     """``(e, f)``: the SAE error ``e = SAE(A) - A`` in float64 and the codes ``f = encode(A)``,
     on the SAE's device.
 
@@ -76,6 +76,12 @@ def nearest_in_frequency(
     cand_K = torch.nonzero(dist_S <= kth).squeeze(1)
     order_K = torch.sort(dist_S[cand_K], stable=True).indices
     return cand_K[order_K[:n]]
+
+
+def cpu_firing(stats) -> tuple[Float[Tensor, " d_sae"], Bool[Tensor, " d_sae"]]:
+    """``(firing frequency in float64, dead mask)`` of ``SiteStats`` on the CPU, where the
+    synthetic types' index bookkeeping runs (loops over the few active latents per base)."""
+    return stats.firing_freq_S.detach().to("cpu", torch.float64), stats.dead_S.detach().cpu()
 
 
 # --------------------------------------------------------------------------- the activation pool

@@ -45,7 +45,7 @@ class SiteStats:
 class DirectionContext:
     """Everything a direction type may use, built once per job."""
 
-    sae: "SAE"
+    sae: SAE
     stats: SiteStats
     pool_PD: Float[Tensor, "pool d"]  # site activations of other real prompts (last position)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

@@ -5,9 +5,17 @@ KL within 1e-5 absolute, final-residual L2 within 1e-4 relative."""
 import pytest
 import torch
 
-from sensdir.engine import Site, SiteError, clean_site_resid, naive_readouts, run_from_site, walk_metrics
+from sensdir.engine import WalkEngine, choose_path, clean_site_resid
+from sensdir.engine.reference import naive_readouts, run_from_site
+from sensdir.errors import ConfigError
 from sensdir.loading import load_model_dir
-from sensdir.metrics import kl_from_logits
+from sensdir.metrics.kl import KL, kl_from_logits, walk_kl_
+from sensdir.metrics.l2 import L2
+from sensdir.site import Site, SiteError, final_hook
+
+
+def curves(model, site, clean, acts, **kw):
+    return WalkEngine(model, site, [KL(), L2()], **kw).curves(clean, acts)
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +39,15 @@ def test_walk_metrics_equal_naive_hook_and_full_forward(model, hook, path, T):
     acts_BKD = (1 - t_K[None, :, None]) * clean_BTD[:, None, -1] + t_K[None, :, None] * target_BD[:, None]
     # batch_size smaller than B*K: several forward chunks
     # logits_mb this small unembeds one walk at a time
-    m = walk_metrics(model, clean_BTD, acts_BKD, site, batch_size=2 * K, path=path, logits_mb=0.01)
+    m = curves(model, site, clean_BTD, acts_BKD, batch_size=2 * K, path=path, logits_mb=0.01)
     for b in range(B):
         logits_KV, final_KD = naive_readouts(model, tokens_BT[b], acts_BKD[b], site)
         kl_K = kl_from_logits(logits_KV[:1].expand_as(logits_KV), logits_KV)
         l2_K = (final_KD - final_KD[:1]).norm(dim=-1)
-        torch.testing.assert_close(m.kl_BK[b], kl_K, atol=1e-5, rtol=0)
-        torch.testing.assert_close(m.l2_BK[b], l2_K, atol=1e-4, rtol=1e-4)
-    assert (m.kl_BK[:, 0] == 0).all() and (m.l2_BK[:, 0] == 0).all()
-    assert (m.kl_BK[:, -1] > 1e-4).all(), "a 5-sigma target must move the output"
+        torch.testing.assert_close(m["kl"][b], kl_K, atol=1e-5, rtol=0)
+        torch.testing.assert_close(m["l2"][b], l2_K, atol=1e-4, rtol=1e-4)
+    assert (m["kl"][:, 0] == 0).all() and (m["l2"][:, 0] == 0).all()
+    assert (m["kl"][:, -1] > 1e-4).all(), "a 5-sigma target must move the output"
 
 
 def test_unperturbed_readout_equals_model_logits(model):
@@ -68,8 +76,6 @@ def test_kl_direction_is_clean_first():
 def test_walk_kl_equals_the_definition(fused):
     torch.manual_seed(0)
     logits = torch.randn(3, 6, 50) * 3
-    from sensdir.engine import walk_kl_
-
     ref = torch.stack([kl_from_logits(logits[w, :1].expand(6, -1), logits[w]) for w in range(3)])
     got = walk_kl_(logits.clone(), fused)
     torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
@@ -83,7 +89,7 @@ def test_walk_kl_equals_the_definition(fused):
 
 
 def test_compiled_kernel_falls_back_to_eager_once(monkeypatch):
-    import sensdir.fused as fused
+    import sensdir.metrics.kl_compiled as fused
 
     calls = []
 
@@ -106,12 +112,13 @@ def test_compiled_kernel_falls_back_to_eager_once(monkeypatch):
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_kl_falls_back_when_the_cheap_shift_overflows(model, fused):
-    from sensdir.engine import _kl_l2_of_walks, unembed
+    from sensdir.engine.forward import unembed
+    from sensdir.metrics import Readout
 
     torch.manual_seed(0)
     final = torch.randn(2, 4, model.cfg.d_model)
     final[1, 2] *= 1e4
-    kl, _ = _kl_l2_of_walks(model, final, logit_rows=1000, fused=fused)
+    kl = KL().curve(final, Readout(model, logit_rows=1000, compile=fused))
     assert torch.isfinite(kl).all()
     logits = unembed(model, final[1])
     torch.testing.assert_close(kl[1], kl_from_logits(logits[:1].expand_as(logits), logits), rtol=1e-5, atol=1e-4)
@@ -120,8 +127,6 @@ def test_kl_falls_back_when_the_cheap_shift_overflows(model, fused):
 def test_all_positions_equal_naive_per_position_average(model):
     """Site mode all: every position gets its own walk; KL and L2 are averaged over the
     positions but the last. Reference: a hook overwrites every position, whole model."""
-    from sensdir.engine import final_hook, walk_metrics_all_positions
-
     torch.manual_seed(3)
     site = Site.parse("blocks.1.hook_resid_pre", model.cfg.n_layers)
     B, T, K = 2, 5, 4
@@ -130,7 +135,8 @@ def test_all_positions_equal_naive_per_position_average(model):
     t_K = torch.linspace(0, 1, K)[None, None, :, None]
     target_BTD = torch.randn_like(clean_BTD) * 5
     acts_BTKD = (1 - t_K) * clean_BTD[:, :, None] + t_K * target_BTD[:, :, None]
-    m = walk_metrics_all_positions(model, acts_BTKD, site, batch_size=K * T, logits_mb=0.01)
+    acts_BKD = acts_BTKD.reshape(B * T, K, -1)  # one walk per (prompt, position)
+    m = curves(model, site, clean_BTD, acts_BKD, positions="all", batch_size=K * T, logits_mb=0.01)
     for b in range(B):
         store = {}
 
@@ -143,6 +149,19 @@ def test_all_positions_equal_naive_per_position_average(model):
         logits = model.run_with_hooks(tokens_BT[b].expand(K, -1), fwd_hooks=[(site.hook, overwrite), (final_hook(2), grab)])
         kl = torch.stack([kl_from_logits(logits[:1, p].expand(K, -1), logits[:, p]) for p in range(T - 1)], -1).mean(-1)
         l2 = (store["final"][:, :-1] - store["final"][:1, :-1]).norm(dim=-1).mean(-1)
-        torch.testing.assert_close(m.kl_BK[b], kl, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(m.l2_BK[b], l2, atol=1e-4, rtol=1e-4)
-    assert (m.kl_BK[:, 0] == 0).all() and (m.kl_BK[:, -1] > 0).all()
+        torch.testing.assert_close(m["kl"][b], kl, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(m["l2"][b], l2, atol=1e-4, rtol=1e-4)
+    assert (m["kl"][:, 0] == 0).all() and (m["kl"][:, -1] > 0).all()
+
+
+def test_path_is_chosen_once_for_both_site_modes(model):
+    assert choose_path("auto", model.cfg, "last") == "lean"
+    assert choose_path("auto", model.cfg, "all") == "full"
+    assert choose_path("kv_cache", model.cfg, "last") == "kv_cache"
+    with pytest.raises(ConfigError, match="positions=all"):
+        choose_path("lean", model.cfg, "all")
+    with pytest.raises(ConfigError, match="valid choices"):
+        choose_path("fast", model.cfg, "last")
+    site = Site.parse("blocks.1.hook_resid_pre", model.cfg.n_layers)
+    record = WalkEngine(model, site, [KL()], positions="all").record()
+    assert record["path"] == "full" and record["positions"] == "all" and record["dtype"] == "float32"

@@ -185,7 +185,7 @@ def test_all_positions_mode_writes_one_row_per_prompt_with_per_position_facts(ti
 
 
 def test_open_sweep_reads_every_walk_shard_and_nothing_else(tiny_cfg):
-    from sensdir.shards import open_sweep
+    from sensdir.artifacts.schema import open_sweep
 
     run_job(tiny_cfg)
     run_job(with_(tiny_cfg, direction=RandomConfig()))

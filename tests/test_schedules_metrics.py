@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sensdir.metrics import max_slope_step, plateau_length
+from sensdir.metrics.summaries import max_slope_step, plateau_length
 from sensdir.schedules import SCHEDULES
 from sensdir.schedules.absolute import AbsoluteConfig
 from sensdir.schedules.relative import RelativeConfig

@@ -4,6 +4,5 @@
 """
 
 from sensdir.directions.base import DIRECTIONS, Direction
-from sensdir.walk_types import DirectionContext  # noqa: F401  (shim for sensdir/job.py until it moves)
 
 __all__ = ["DIRECTIONS", "Direction"]

@@ -19,9 +19,9 @@ from torch import Tensor
 from sensdir.config import DirectionConfig
 from sensdir.errors import ConfigError
 from sensdir.registry import Registry
-from sensdir.walk_types import DirectionContext, Proposal, SiteStats  # noqa: F401  (shim for sensdir/stats.py until it moves)
+from sensdir.walk_types import DirectionContext, Proposal
 
-DIRECTIONS: Registry[type["Direction"]] = Registry("direction", "sensdir.directions")
+DIRECTIONS: Registry[type[Direction]] = Registry("direction", "sensdir.directions")
 
 
 def check_choice(type_name: str, field: str, value: str, choices: tuple[str, ...]) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sensdir.config import DirectionConfig
 from sensdir.directions.base import DIRECTIONS, Direction
-from sensdir.sae_ops import l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
+from sensdir.sae_ops import cpu_firing, l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
 from sensdir.walk_types import DirectionContext, Proposal
 
 
@@ -62,9 +62,7 @@ class SynthBaseline(Direction):
         super().__init__(cfg, ctx)
         if cfg.n_neighbours < 1:
             raise ValueError(f"synth_baseline: n_neighbours must be >= 1, got {cfg.n_neighbours}")
-        # Index bookkeeping runs on the CPU (loops over the few active latents per base).
-        self.freq_S = ctx.stats.firing_freq_S.detach().to("cpu", torch.float64)
-        self.dead_S = ctx.stats.dead_S.detach().cpu()
+        self.freq_S, self.dead_S = cpu_firing(ctx.stats)
 
     def synthesize(self, f_BS: Float[Tensor, "B d_sae"], gen: torch.Generator) -> SynthCodes:
         """Move every active latent of each row of ``f_BS`` (see the module docstring)."""

@@ -35,7 +35,7 @@ from torch import Tensor
 from sensdir.config import DirectionConfig
 from sensdir.directions.base import DIRECTIONS, Direction
 from sensdir.directions.synth_baseline import SynthCodes
-from sensdir.sae_ops import l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
+from sensdir.sae_ops import cpu_firing, l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
 from sensdir.walk_types import DirectionContext, Proposal
 
 
@@ -65,8 +65,7 @@ class SynthStruct(Direction):
         super().__init__(cfg, ctx)
         if cfg.n_anchor_candidates < 1:
             raise ValueError(f"synth_struct: n_anchor_candidates must be >= 1, got {cfg.n_anchor_candidates}")
-        self.freq_S = ctx.stats.firing_freq_S.detach().to("cpu", torch.float64)
-        self.dead_S = ctx.stats.dead_S.detach().cpu()
+        self.freq_S, self.dead_S = cpu_firing(ctx.stats)
         with torch.no_grad():
             w_SD = ctx.sae.W_dec.detach().float()
             self.dhat_SD = w_SD / w_SD.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # SAE's device

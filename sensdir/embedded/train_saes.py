@@ -39,6 +39,11 @@ Outputs (under ``sensdir/embedded/assets/saes`` unless ``--out``)
     latent), ``card.json``; plus ``index.json`` and ``CARDS.md`` for the whole family.
 
 Everything is deterministic given ``--seed`` (CPU, fixed thread count).
+
+This module is the command line and the run; the family table is in
+:mod:`sensdir.embedded.sae_family`, the tokens and activations in :mod:`sensdir.embedded.sae_data`,
+training and evaluation of one SAE in :mod:`sensdir.embedded.sae_training`, and the cards in
+:mod:`sensdir.embedded.sae_cards`.
 """
 
 from __future__ import annotations

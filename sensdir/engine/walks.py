@@ -140,7 +140,9 @@ class WalkEngine:
             final_nKPD = blocks_from_site(self.model, resid_NTD, self.site)[:, :-1, :].reshape(n, K, T - 1, D)
             walks_wKD = final_nKPD.permute(0, 2, 1, 3).reshape(n * (T - 1), K, D)  # one walk per (prompt, position)
             for m in self.metrics:
-                out[m.name][rows] = m.curve(walks_wKD, self.readout).reshape(n, T - 1, K).mean(1)
+                # [n, K, positions] contiguous, averaged along its last axis (the summation order
+                # of the reference computation, so results match it to the bit)
+                out[m.name][rows] = m.curve(walks_wKD, self.readout).reshape(n, T - 1, K).transpose(1, 2).contiguous().mean(-1)
             if progress is not None:
                 progress.update(n)
         return out

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark",

@@ -14,8 +14,8 @@ The reconstruction of a prompt p is ``u0 + sum_attr u_{attr, v(p)}`` and the edi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -38,7 +38,7 @@ class MeanCodeDictionary:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, acts_ND: Float[Tensor, "N d"], labels: Mapping[str, Sequence[str]]) -> "MeanCodeDictionary":
+    def fit(cls, acts_ND: Float[Tensor, "N d"], labels: Mapping[str, Sequence[str]]) -> MeanCodeDictionary:
         """Mean codes from activations ``acts_ND`` and one value per row for each attribute
         (computed in float64; a value with no row gets no code)."""
         a = acts_ND.double()
