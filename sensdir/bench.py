@@ -189,9 +189,8 @@ def run_case(model, case: Case, device, batch_size: int, gen, compile: bool = Tr
     for _ in range(repeats - 1):
         t_engine_runs.append(engine_pass()[0])
         t_naive_runs.append(naive_pass()[0])
-    t_engine, t_naive = statistics.median(t_engine_runs), statistics.median(t_naive_runs)
-    eng_steps = case.engine_prompts * N_STEPS / t_engine
-    naive_steps = n * N_STEPS / t_naive
+    eng_steps = case.engine_prompts * N_STEPS / statistics.median(t_engine_runs)
+    naive_steps = n * N_STEPS / statistics.median(t_naive_runs)
     return {
         "model": case.model,
         "n_ctx": case.n_ctx,
@@ -202,14 +201,11 @@ def run_case(model, case: Case, device, batch_size: int, gen, compile: bool = Tr
         "speedup": eng_steps / naive_steps,
         "max_rel_diff_kl": _rel_diff(eng["kl"][:n], kl_n),
         "max_rel_diff_l2": _rel_diff(eng["l2"][:n], l2_n),
-        "peak_mem_mb": mem_e.mb,
-        "naive_peak_mem_mb": mem_n.mb,
+        "peak_mem_mb": mem_e.mb, "naive_peak_mem_mb": mem_n.mb,
         "engine_gflops": eng_steps * step_flops(model.cfg, case.n_ctx, site.start_layer, True) / 1e9,
         "naive_gflops": naive_steps * step_flops(model.cfg, case.n_ctx, site.start_layer, False) / 1e9,
-        "engine_prompts": case.engine_prompts,
-        "naive_prompts": n,
-        "engine_s_runs": t_engine_runs,
-        "naive_s_runs": t_naive_runs,
+        "engine_prompts": case.engine_prompts, "naive_prompts": n,
+        "engine_s_runs": t_engine_runs, "naive_s_runs": t_naive_runs,
     }
 
 
@@ -272,7 +268,7 @@ def blowup_wall_time(device, dtype_name: str, n_prompts: int, workdir: Path) -> 
     return {"n_prompts": n_prompts, "device": str(device), "dtype": dtype_name, "per_direction_s": times, "total_s": sum(times.values())}
 
 
-def main(argv=None) -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -285,13 +281,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--no-compile", action="store_true", help="the engine without its torch.compile'd KL kernel")
     p.add_argument("--repeats", type=int, default=3, help="timed passes of each path per case (medians reported)")
-    args = p.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    gen = torch.Generator().manual_seed(0)
-    ref_gflops = matmul_gflops(device, dtype)
-    print(f"device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, matmul {ref_gflops:.0f} GFLOP/s")
+    return p
 
+
+def _cases(args, device) -> list[Case]:
     q = args.quick
     cases = [
         Case("embedded", 10, 16 if q else 256, 2 if q else 8),
@@ -308,13 +301,17 @@ def main(argv=None) -> None:
     if not (embedded_model_dir() / "model.safetensors").exists():
         print(f"no embedded model at {embedded_model_dir()}: its cases are skipped")
         cases = [c for c in cases if c.model != "embedded"]
+    return cases
+
+
+def _run_cases(args, cases: list[Case], device, dtype, gen, ref_gflops: float) -> list[dict]:
     results = []
-    loaded = {}
+    loaded: dict = {}
     for case in cases:
         if case.model not in loaded:
             loaded.clear()
             loaded[case.model] = (embedded_model if case.model == "embedded" else gpt2_shaped_model)(device, dtype)
-        r = run_case(loaded[case.model], case, device, args.batch_size, gen, not args.no_compile, 1 if q else args.repeats)
+        r = run_case(loaded[case.model], case, device, args.batch_size, gen, not args.no_compile, 1 if args.quick else args.repeats)
         r["matmul_gflops"] = ref_gflops
         results.append(r)
         print(
@@ -325,7 +322,19 @@ def main(argv=None) -> None:
             f"{r['engine_gflops']:.0f} GFLOP/s (naive {r['naive_gflops']:.0f}) of {ref_gflops:.0f}",
             flush=True,
         )
-    loaded.clear()
+    return results
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    gen = torch.Generator().manual_seed(0)
+    ref_gflops = matmul_gflops(device, dtype)
+    print(f"device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, matmul {ref_gflops:.0f} GFLOP/s")
+
+    q = args.quick
+    results = _run_cases(args, _cases(args, device), device, dtype, gen, ref_gflops)
     out = {"cases": results, "matmul_gflops": ref_gflops, "threads": torch.get_num_threads()}
     if args.only_blowup and Path(args.out).exists():  # keep the cases of an earlier full run
         out["cases"] = json.loads(Path(args.out).read_text()).get("cases", [])

@@ -103,57 +103,52 @@ def reduce_sweep(
     pq.write_table(table, table_parquet)
     pcsv.write_csv(table, table_csv)
     figures = {**make_figures(data, table, out / "figures"), **studies.figures}
-
-    configs = sanitize(data.configs)
-    job_prov = sanitize(data.provenance)
     reduce_prov = sanitize(_reduce_provenance())
-    notes = "" if comp.ok else "PARTIAL DATA: " + "; ".join(comp.problems())
     html_path = write_html(
         out / "report.html",
         sweep_dir=sweep_dir,
         table=table,
         figures=figures,
         comp=comp,
-        configs=configs,
-        provenance=job_prov,
+        configs=sanitize(data.configs),
+        provenance=sanitize(data.provenance),
         reduce_provenance=reduce_prov,
         study_tables=studies.tables,
     )
-    wb_config = sanitize(
-        {
-            "sweep_dir": str(sweep_dir.resolve()),
-            "reduce": {"allow_partial": allow_partial, "n_bootstrap": n_bootstrap, "seed": seed},
-            "complete": comp.ok,
-            "n_rows": data.n_rows,
-            "jobs": configs,
-            "provenance": reduce_prov,
-        }
-    )
-    wb = log_run(
+    settings = {"allow_partial": allow_partial, "n_bootstrap": n_bootstrap, "seed": seed}
+    wb = _publish(wandb, out, sweep_dir, comp, data, table, figures, settings, reduce_prov)
+    result = ReduceResult(out, comp, table_parquet, table_csv, figures, html_path, wb, data.n_rows)
+    index = {
+        "sweep_dir": str(sweep_dir),
+        "complete": comp.ok,
+        "n_rows": data.n_rows,
+        "table": [str(table_parquet), str(table_csv)],
+        "figures": {k: str(v) for k, v in figures.items()},
+        "html": str(html_path),
+        "wandb": wb,
+    }
+    (out / "reduce.json").write_text(json.dumps(sanitize(index), indent=2))
+    return result
+
+
+def _publish(wandb: str, out: Path, sweep_dir: Path, comp: Completeness, data: SweepData, table, figures, settings, reduce_prov) -> dict[str, Any]:
+    """The W&B run of the reduce (mode ``wandb``: auto, online, offline, disabled)."""
+    config = {
+        "sweep_dir": str(sweep_dir.resolve()),
+        "reduce": settings,
+        "complete": comp.ok,
+        "n_rows": data.n_rows,
+        "jobs": sanitize(data.configs),
+        "provenance": reduce_prov,
+    }
+    notes = "" if comp.ok else "PARTIAL DATA: " + "; ".join(comp.problems())
+    return log_run(
         wandb,
         out,
         table=table,
         figures=figures,
-        config=wb_config,
+        config=sanitize(config),
         summary=_summary_scalars(data, table),
         sweep_name=sweep_dir.resolve().name,
         notes=notes[:2000],
     )
-    result = ReduceResult(out, comp, table_parquet, table_csv, figures, html_path, wb, data.n_rows)
-    (out / "reduce.json").write_text(
-        json.dumps(
-            sanitize(
-                {
-                    "sweep_dir": str(sweep_dir),
-                    "complete": comp.ok,
-                    "n_rows": data.n_rows,
-                    "table": [str(table_parquet), str(table_csv)],
-                    "figures": {k: str(v) for k, v in figures.items()},
-                    "html": str(html_path),
-                    "wandb": wb,
-                }
-            ),
-            indent=2,
-        )
-    )
-    return result

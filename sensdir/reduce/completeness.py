@@ -138,39 +138,52 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
     comp = Completeness(sweep_dir=sweep_dir, job_dirs=find_job_dirs(sweep_dir))
     planned: list[pa.Array] = []
     for jdir in comp.job_dirs:
-        expected: set[ShardId] = set()
-        for sid, plan_file in shard_files_in(jdir, PLAN).items():
-            # a job whose plans say ``shards: n`` is expected to have shards 0..n-1
-            expected.update(sid.siblings())
-            plan = read_json(plan_file)
-            if plan is None or not isinstance(plan.get("row_ids"), list):
-                comp.bad_plans[str(plan_file)] = "not a readable plan (JSON with row_ids)"
-                continue
-            planned.append(pa.array(plan["row_ids"], type=pa.string()))
-        parquets = shard_files_in(jdir, PARQUET)
-        for sid in sorted(expected - set(parquets)):
-            comp.missing_shards.append(str(ShardFiles(jdir, sid).parquet))
-        for sid, path in parquets.items():
-            manifest = complete_manifest(ShardFiles(jdir, sid).manifest)
-            n_rows, corrupt, truncated, kind = _validate_file(path, manifest)
-            if corrupt:
-                comp.corrupt_files[str(path)] = corrupt
-                continue
-            if truncated:
-                comp.truncated_files[str(path)] = truncated
-            if manifest is None:
-                comp.unfinished_files.append(str(path))
-            else:
-                comp.manifests.setdefault(manifest.get("job_key", jdir.name), manifest)
-            comp.shards.append(ShardFile(path, jdir, sid.stem, n_rows or 0, manifest, kind))
+        planned += _scan_job(comp, jdir)
+    present, owners = _read_row_ids(comp, progress)
+    _compare_rows(comp, planned, present, owners)
+    return comp
 
-    # Row ids of every readable file: one projected column per file, read file by file so that
-    # a file whose data pages are damaged (footer intact) is caught and named too.
+
+def _scan_job(comp: Completeness, jdir: Path) -> list[pa.Array]:
+    """Plans and files of one job folder into ``comp``; returns the planned row ids."""
+    planned: list[pa.Array] = []
+    expected: set[ShardId] = set()
+    for sid, plan_file in shard_files_in(jdir, PLAN).items():
+        # a job whose plans say ``shards: n`` is expected to have shards 0..n-1
+        expected.update(sid.siblings())
+        plan = read_json(plan_file)
+        if plan is None or not isinstance(plan.get("row_ids"), list):
+            comp.bad_plans[str(plan_file)] = "not a readable plan (JSON with row_ids)"
+            continue
+        planned.append(pa.array(plan["row_ids"], type=pa.string()))
+    parquets = shard_files_in(jdir, PARQUET)
+    for sid in sorted(expected - set(parquets)):
+        comp.missing_shards.append(str(ShardFiles(jdir, sid).parquet))
+    for sid, path in parquets.items():
+        manifest = complete_manifest(ShardFiles(jdir, sid).manifest)
+        n_rows, corrupt, truncated, kind = _validate_file(path, manifest)
+        if corrupt:
+            comp.corrupt_files[str(path)] = corrupt
+            continue
+        if truncated:
+            comp.truncated_files[str(path)] = truncated
+        if manifest is None:
+            comp.unfinished_files.append(str(path))
+        else:
+            comp.manifests.setdefault(manifest.get("job_key", jdir.name), manifest)
+        comp.shards.append(ShardFile(path, jdir, sid.stem, n_rows or 0, manifest, kind))
+    return planned
+
+
+def _read_row_ids(comp: Completeness, progress: bool) -> tuple[list[pa.Array], list[pa.Array]]:
+    """Row ids of every readable file: one projected column per file, read file by file so that
+    a file whose data pages are damaged (footer intact) is caught and named too. Files that
+    fail are moved from ``comp.shards`` to ``comp.corrupt_files``."""
     present: list[pa.Array] = []
     owners: list[pa.Array] = []
     readable: list[ShardFile] = []
     bar = tqdm(comp.shards, desc="reduce: row ids", unit="shard", disable=not progress)
-    for i, sf in enumerate(bar):
+    for sf in bar:
         try:
             ids = ds.dataset(sf.path, format="parquet").to_table(columns=["row_id"]).column("row_id").combine_chunks()
         except (OSError, pa.ArrowException) as e:
@@ -181,7 +194,11 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
         owners.append(pa.array([len(readable) - 1] * len(ids), type=pa.int32()))
     bar.close()
     comp.shards = readable
+    return present, owners
 
+
+def _compare_rows(comp: Completeness, planned: list[pa.Array], present: list[pa.Array], owners: list[pa.Array]) -> None:
+    """Planned against present row ids: missing, duplicated and unplanned rows."""
     present_ids = pa.chunked_array(present, type=pa.string()).combine_chunks() if present else pa.array([], pa.string())
     planned_ids = pa.chunked_array(planned, type=pa.string()).combine_chunks() if planned else pa.array([], pa.string())
     planned_unique = pc.unique(planned_ids)
@@ -194,10 +211,8 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
     if len(dup_ids):
         owner_of = pa.chunked_array(owners, type=pa.int32()).combine_chunks()
         mask = pc.is_in(present_ids, value_set=dup_ids)
-        d_ids = pc.filter(present_ids, mask).to_pylist()
-        d_files = pc.filter(owner_of, mask).to_pylist()
-        for rid, fi in zip(d_ids, d_files):
-            path = str(readable[fi].path)
+        for rid, fi in zip(pc.filter(present_ids, mask).to_pylist(), pc.filter(owner_of, mask).to_pylist()):
+            path = str(comp.shards[fi].path)
             comp.duplicate_owner.setdefault(rid, path)
             if rid in comp.duplicated_rows or len(comp.duplicated_rows) < MAX_LISTED:
                 comp.duplicated_rows.setdefault(rid, []).append(path)
@@ -206,4 +221,3 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
     comp.missing_rows = missing.slice(0, MAX_LISTED).to_pylist()
     if len(planned_unique):
         comp.n_unplanned_rows = int(pc.sum(pc.invert(pc.is_in(values, value_set=planned_unique))).as_py() or 0)
-    return comp
