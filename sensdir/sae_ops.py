@@ -15,6 +15,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sensdir.errors import ConfigError
+from sensdir.walk_types import Proposal
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -128,6 +129,11 @@ def like_base(x_BD: Tensor, like_BD: Float[Tensor, "B d"], device: torch.device)
     """Targets, unit directions or natural lengths in the base activations' dtype, on the job's
     device (the walk mixes them with the base activations)."""
     return x_BD.to(device=device, dtype=like_BD.dtype)
+
+
+def scaled_direction(u_BD: Tensor, length_B: Tensor, like_BD: Tensor, device: torch.device, info: dict) -> Proposal:
+    """A proposal of unit directions walked to a natural length each (e.g. ||SAE(A) - A||)."""
+    return Proposal(unit_BD=like_base(u_BD, like_BD, device), natural_length_B=like_base(length_B, like_BD, device), info=info)
 
 
 def target_norm(t_BD: Float[Tensor, "B d"]) -> Float[Tensor, " B"]:

@@ -37,6 +37,10 @@ class Direction(ABC):
     #: "scaled_direction" if unit directions with a natural length each (``natural_length_B``,
     #: e.g. ||SAE(A) - A||), which a relative walk goes along up to that length.
     returns: ClassVar[str] = "target"
+    #: How the reduce compares this type with others beyond the KS against ``real``: "error"
+    #: (its KL at the natural length is the subject of the error-pathology ratios [G24]),
+    #: "error_baseline" (walked to that same length, the ratios' denominators), or None.
+    comparison_role: ClassVar[str | None] = None
 
     def __init__(self, cfg: DirectionConfig, ctx: DirectionContext):
         self.cfg = cfg

@@ -69,6 +69,7 @@ class CovMixtureConfig(DirectionConfig):
 @DIRECTIONS.register("cov_mixture", CovMixtureConfig)
 class CovMixture(ErrorLengthOption):
     returns = "direction"
+    comparison_role = "error_baseline"
     cfg: CovMixtureConfig
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:

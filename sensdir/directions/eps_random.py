@@ -19,7 +19,7 @@ from torch import Tensor
 
 from sensdir.config import DirectionConfig
 from sensdir.directions.base import DIRECTIONS, Direction
-from sensdir.sae_ops import like_base, normalise_rows, sae_error
+from sensdir.sae_ops import normalise_rows, sae_error, scaled_direction
 from sensdir.walk_types import Proposal
 
 
@@ -31,15 +31,11 @@ class EpsRandomConfig(DirectionConfig):
 @DIRECTIONS.register("eps_random", EpsRandomConfig)
 class EpsRandom(Direction):
     returns = "scaled_direction"
+    comparison_role = "error_baseline"
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         g_BD = torch.randn(base_BD.shape, generator=gen, dtype=torch.float64)  # CPU: reproducible
         u_BD, _ = normalise_rows(g_BD)
         e_BD, _ = sae_error(self.ctx.sae, base_BD)
         norm_B = e_BD.norm(dim=-1)
-        dev = self.ctx.device
-        return Proposal(
-            unit_BD=like_base(u_BD, base_BD, dev),
-            natural_length_B=like_base(norm_B, base_BD, dev),
-            info={"error_norm": norm_B.float().cpu()},
-        )
+        return scaled_direction(u_BD, norm_B, base_BD, self.ctx.device, {"error_norm": norm_B.float().cpu()})

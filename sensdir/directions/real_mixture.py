@@ -40,6 +40,7 @@ class RealMixtureConfig(DirectionConfig):
 @DIRECTIONS.register("real_mixture", RealMixtureConfig)
 class RealMixture(ErrorLengthOption):
     returns = "direction"
+    comparison_role = "error_baseline"
     cfg: RealMixtureConfig
 
     def __init__(self, cfg: RealMixtureConfig, ctx: DirectionContext):

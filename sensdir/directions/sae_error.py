@@ -25,7 +25,7 @@ from torch import Tensor
 
 from sensdir.config import DirectionConfig
 from sensdir.directions.base import DIRECTIONS, Direction
-from sensdir.sae_ops import l0, like_base, normalise_rows, sae_error
+from sensdir.sae_ops import l0, normalise_rows, sae_error, scaled_direction
 from sensdir.walk_types import Proposal
 
 
@@ -37,13 +37,9 @@ class SaeErrorConfig(DirectionConfig):
 @DIRECTIONS.register("sae_error", SaeErrorConfig)
 class SaeError(Direction):
     returns = "scaled_direction"
+    comparison_role = "error"
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         e_BD, f_BS = sae_error(self.ctx.sae, base_BD)
         u_BD, norm_B = normalise_rows(e_BD)
-        dev = self.ctx.device
-        return Proposal(
-            unit_BD=like_base(u_BD, base_BD, dev),
-            natural_length_B=like_base(norm_B, base_BD, dev),
-            info={"error_norm": norm_B.float().cpu(), "base_l0": l0(f_BS)},
-        )
+        return scaled_direction(u_BD, norm_B, base_BD, self.ctx.device, {"error_norm": norm_B.float().cpu(), "base_l0": l0(f_BS)})

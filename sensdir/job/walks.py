@@ -60,7 +60,8 @@ class WalkTask:
         return [row_id(self.jkey, s, int(p), int(t)) for p, t in zip(self.base_index_B, self.target_index_B)]
 
     def describe(self) -> dict[str, Any]:
-        return {"metrics": {m.name: m.describe() for m in self.metrics}}
+        direction = {"label": self.cfg.direction.label(), "role": type(self.direction).comparison_role}
+        return {"metrics": {m.name: m.describe() for m in self.metrics}, "direction": direction}
 
     def record(self) -> dict[str, Any]:
         return {"engine": self.engine.record()}

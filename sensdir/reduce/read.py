@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 from tqdm.auto import tqdm
 
 from sensdir.artifacts.records import read_metadata
-from sensdir.artifacts.schema import metrics_of
+from sensdir.artifacts.schema import direction_of, metrics_of
 from sensdir.reduce.arrays import last_valid, list_to_2d, value_at
 from sensdir.reduce.completeness import Completeness, ShardFile
 
@@ -89,6 +89,7 @@ class SweepData:
     provenance: dict[str, dict[str, Any]]  # job_key -> manifest provenance
     n_rows: int
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {label, summaries}
+    roles: dict[str, str] = field(default_factory=dict)  # direction label -> comparison role
 
     def values(self, name: str, group: int) -> np.ndarray:
         v = self.scalars[name][self.scalars["group"] == group]
@@ -119,6 +120,7 @@ class _SweepReader:
         self.configs: dict[str, dict[str, Any]] = {}
         self.prov: dict[str, dict[str, Any]] = {}
         self.metrics: dict[str, dict[str, Any]] = {}
+        self.roles: dict[str, str] = {}
         self.parts: list[dict[str, np.ndarray]] = []  # per batch: "group" and the scalar columns it has
         self.n_rows = 0
         # Of a duplicated row id, only the copy in its owner file (the first one seen) is used.
@@ -137,6 +139,9 @@ class _SweepReader:
         metrics = metrics_of(meta)
         for name, m in metrics.items():
             self.metrics.setdefault(name, m)
+        direction = direction_of(meta)
+        if direction.get("role"):
+            self.roles[direction["label"]] = direction["role"]
         # a site left to the SAE (site.hook null) is the SAE's hook: the sae label says which
         sae, hook = sae_label(cfg), (cfg.get("site") or {}).get("hook") or "sae's"
         dataset = ds.dataset(sf.path, format="parquet")
@@ -245,6 +250,7 @@ class _SweepReader:
             self.prov,
             self.n_rows,
             self.metrics,
+            self.roles,
         )
 
 

@@ -30,8 +30,6 @@ def reference_of(direction: str) -> str:
     ``plateau:synth_struct`` the variant that starts from real activations, ``plateau:real``."""
     family, sep, _ = direction.partition(":")
     return f"{family}:{REFERENCE}" if sep else REFERENCE
-ERROR_DIRECTION = "sae_error"
-ERROR_BASELINES = ("eps_random", "cov_mixture", "real_mixture")
 COLUMNS = ("section", "direction", "schedule", "sae", "hook", "metric", "statistic", "x", "value", "n")
 
 
@@ -105,28 +103,29 @@ def summary_rows(data: SweepData, n_boot: int, seed: int) -> list[dict]:
 
 
 def error_pathology_rows(data: SweepData) -> list[dict]:
-    """Mean KL at the natural length per direction, and sae_error's ratio to each baseline,
-    per (SAE, hook); empty where the sweep has no sae_error rows."""
+    """Mean KL at the natural length per direction, and the error type's ratio to each baseline,
+    per (SAE, hook); empty where the sweep has no type in the role ``error``. Roles are the
+    direction types' ``comparison_role``, read from the shards."""
     rows = []
     by_site: dict[tuple, dict[str, list[int]]] = {}
     for gi, g in enumerate(data.groups):
-        if g.direction == ERROR_DIRECTION or g.direction in ERROR_BASELINES:
+        if data.roles.get(g.direction) in ("error", "error_baseline"):
             by_site.setdefault((g.sae, g.hook), {}).setdefault(g.direction, []).append(gi)
-    for (sae, hook), dirs in sorted(by_site.items()):
-        if ERROR_DIRECTION not in dirs:
+    for dirs in (by_site[k] for k in sorted(by_site)):
+        errors = [d for d in dirs if data.roles[d] == "error"]
+        if not errors:
             continue
         means = {}
         for d, gis in dirs.items():
             v = np.concatenate([data.values("kl_natural", gi) for gi in gis]).astype(np.float64)
             means[d] = (v.mean() if len(v) else np.nan, len(v))
             rows.append(_row("error_pathology", data.groups[gis[0]], "kl_at_natural_length", "mean", means[d][0], len(v)))
-        err, n_err = means[ERROR_DIRECTION]
-        g0 = data.groups[dirs[ERROR_DIRECTION][0]]
-        for b in ERROR_BASELINES:
-            if b in means:
+        for e in errors:
+            err, n_err = means[e]
+            for b in sorted(d for d in dirs if data.roles[d] == "error_baseline"):
                 base, n_b = means[b]
                 ratio = err / base if base and np.isfinite(base) and base != 0 else np.nan
-                rows.append(_row("error_pathology", g0, f"kl_ratio_vs_{b}", "ratio", ratio, n_err + n_b))
+                rows.append(_row("error_pathology", data.groups[dirs[e][0]], f"kl_ratio_vs_{b}", "ratio", ratio, n_err + n_b))
     return rows
 
 

@@ -62,6 +62,16 @@ def _summaries(y_NK: np.ndarray, valid_NK: np.ndarray, cfg: MetricConfig) -> dic
     return out
 
 
+def _role(direction: str) -> str | None:
+    from sensdir.directions import DIRECTIONS
+    from sensdir.registry import UnknownNameError
+
+    try:
+        return DIRECTIONS.get(direction).impl.comparison_role
+    except UnknownNameError:
+        return None
+
+
 def job_key(spec: JobSpec) -> str:
     ident = json.dumps([spec.direction, spec.schedule, spec.sae, spec.hook, spec.grid_kind, spec.seed], sort_keys=True)
     return f"{spec.direction}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
@@ -124,7 +134,8 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
     if spec.natural_length:
         cols["natural_length"] = pa.array(rng.uniform(5, 20, n).astype(np.float32))
         fields.append(pa.field("natural_length", pa.float32(), nullable=True))
-    meta = {"schema_version": SCHEMA_VERSION, "kind": "walk", "config_hash": chash, "job_key": jkey, "seed": spec.seed, "config": config_for(spec), "metrics": {m.name: m.describe() for m in (KL, L2)}}
+    meta = {"schema_version": SCHEMA_VERSION, "kind": "walk", "config_hash": chash, "job_key": jkey, "seed": spec.seed, "config": config_for(spec), "metrics": {m.name: m.describe() for m in (KL, L2)},
+            "direction": {"label": spec.direction, "role": _role(spec.direction)}}
     schema = pa.schema(fields, metadata=schema_metadata(meta))
     return pa.Table.from_arrays([cols[f.name] for f in fields], schema=schema)
 
