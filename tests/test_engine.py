@@ -72,12 +72,12 @@ def test_kl_direction_is_clean_first():
     assert not torch.allclose(kl_from_logits(q, p), expected.reshape(1))
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_walk_kl_equals_the_definition(fused):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_walk_kl_equals_the_definition(compiled):
     torch.manual_seed(0)
     logits = torch.randn(3, 6, 50) * 3
     ref = torch.stack([kl_from_logits(logits[w, :1].expand(6, -1), logits[w]) for w in range(3)])
-    got = walk_kl_(logits.clone(), fused)
+    got = walk_kl_(logits.clone(), compiled)
     torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
     assert (got[:, 0] == 0).all()
     # small perturbations: float32 rounding only, against a float64 reference
@@ -85,11 +85,11 @@ def test_walk_kl_equals_the_definition(fused):
     small[:, 0] = logits[:, 0]
     lp = torch.log_softmax(small.double(), -1)
     ref_small = (lp[:, :1].exp() * (lp[:, :1] - lp)).sum(-1)
-    torch.testing.assert_close(walk_kl_(small.clone(), fused).double(), ref_small, atol=2e-6, rtol=0)
+    torch.testing.assert_close(walk_kl_(small.clone(), compiled).double(), ref_small, atol=2e-6, rtol=0)
 
 
 def test_compiled_kernel_falls_back_to_eager_once(monkeypatch):
-    import sensdir.metrics.kl_compiled as fused
+    import sensdir.metrics.kl_compiled as kernels
 
     calls = []
 
@@ -103,22 +103,22 @@ def test_compiled_kernel_falls_back_to_eager_once(monkeypatch):
     def kernel(x):
         return x * 2
 
-    monkeypatch.setattr(fused.torch, "compile", broken_compile)
+    monkeypatch.setattr(kernels.torch, "compile", broken_compile)
     with pytest.warns(UserWarning, match="torch.compile of kernel failed"):
-        assert fused.maybe_compiled(kernel, True)(torch.ones(2)).tolist() == [2.0, 2.0]
-    assert fused.maybe_compiled(kernel, True)(torch.ones(1)).tolist() == [2.0]  # no second try
-    assert calls == ["kernel"] and fused.maybe_compiled(kernel, False) is kernel
+        assert kernels.maybe_compiled(kernel, True)(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert kernels.maybe_compiled(kernel, True)(torch.ones(1)).tolist() == [2.0]  # no second try
+    assert calls == ["kernel"] and kernels.maybe_compiled(kernel, False) is kernel
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_kl_falls_back_when_the_cheap_shift_overflows(model, fused):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_kl_falls_back_when_the_cheap_shift_overflows(model, compiled):
     from sensdir.engine.forward import unembed
     from sensdir.metrics import Readout
 
     torch.manual_seed(0)
     final = torch.randn(2, 4, model.cfg.d_model)
     final[1, 2] *= 1e4
-    kl = KL().curve(final, Readout(model, logit_rows=1000, compile=fused))
+    kl = KL().curve(final, Readout(model, logit_rows=1000, compile=compiled))
     assert torch.isfinite(kl).all()
     logits = unembed(model, final[1])
     torch.testing.assert_close(kl[1], kl_from_logits(logits[:1].expand_as(logits), logits), rtol=1e-5, atol=1e-4)

@@ -31,7 +31,7 @@ def kl_from_logits(clean_logits_NV: Float[Tensor, "N V"], logits_NV: Float[Tenso
     return (logp_NV.exp() * (logp_NV - logq_NV)).sum(dim=-1)
 
 
-def walk_kl_(logits_wKV: Float[Tensor, "w K V"], fused: bool = False) -> Float[Tensor, "w K"]:
+def walk_kl_(logits_wKV: Float[Tensor, "w K V"], compiled: bool = False) -> Float[Tensor, "w K"]:
     """KL(P_0 || Q_k) of each step's logits against its walk's step 0; may overwrite its input.
 
     With p = softmax(z_0) and L_0 = logsumexp(z_0): KL = log sum_v exp(z_k,v - L_0)
@@ -39,13 +39,13 @@ def walk_kl_(logits_wKV: Float[Tensor, "w K V"], fused: bool = False) -> Float[T
     the clean L_0 instead of each row's max saves a pass over the vocabulary; rows where that
     overflows (a logit more than ~88 nats above the clean log-partition) come back as inf or
     nan, and the caller recomputes them with ``kl_from_logits``. Eager and in place, the
-    vocabulary-sized work is a subtraction, a product with p, an exp and a sum; ``fused``
+    vocabulary-sized work is a subtraction, a product with p, an exp and a sum; ``compiled``
     does both sums in one compiled pass (``sensdir.metrics.kl_compiled``).
     """
     z0_w1V = logits_wKV[:, :1, :].float()
     lse0_w11 = torch.logsumexp(z0_w1V, dim=-1, keepdim=True)
     p_w1V = (z0_w1V - lse0_w11).exp()
-    if fused:
+    if compiled:
         s_wK, pz_wK = maybe_compiled(kl_sums, True)(logits_wKV, lse0_w11, p_w1V)
         log_s_wK = s_wK.log()
     else:
@@ -56,9 +56,9 @@ def walk_kl_(logits_wKV: Float[Tensor, "w K V"], fused: bool = False) -> Float[T
     return (log_s_wK - log_s_wK[:, :1]) - (pz_wK - pz_wK[:, :1])
 
 
-def stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor, fused: bool = False) -> Float[Tensor, "w K"]:
+def stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor, compiled: bool = False) -> Float[Tensor, "w K"]:
     """``walk_kl_``, with walks whose cheap shift overflowed redone the standard way."""
-    kl_wK = walk_kl_(logits_wKV, fused)
+    kl_wK = walk_kl_(logits_wKV, compiled)
     bad_w = ~torch.isfinite(kl_wK).all(dim=-1)
     for i in bad_w.nonzero()[:, 0].tolist():
         logits_KV = unembed(model, final_wKD[i])
