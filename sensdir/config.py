@@ -31,10 +31,21 @@ class Choice(str, Enum):
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
 
+    @classmethod
+    def values(cls) -> list[str]:
+        return [c.value for c in cls]
+
 
 class ModelSource(Choice):
     embedded = "embedded"  # the small model shipped in sensdir/embedded/assets (no download)
     transformer_lens = "transformer_lens"  # HookedTransformer.from_pretrained(name): the HF hub or its cache
+
+
+class Dtype(Choice):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float64 = "float64"
 
 
 class SaeSource(Choice):
@@ -67,7 +78,7 @@ class ModelConfig:
     source: ModelSource = ModelSource.embedded
     name: str = "embedded"
     path: Optional[str] = None  # embedded weights dir; None = the shipped one
-    dtype: str = "float32"
+    dtype: Dtype = Dtype.float32
 
 
 @dataclass(frozen=True)

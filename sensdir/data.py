@@ -18,10 +18,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from sensdir.config import DataConfig
+from sensdir.config import DataConfig, DataSource
 from sensdir.errors import ConfigError
 
-DATA_SOURCES = ("embedded", "hf")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 
 
@@ -46,7 +45,7 @@ def _documents(cfg: DataConfig, seed: int) -> Iterator[str]:
     elif cfg.source == "hf":
         yield from _hf_documents(cfg, seed)
     else:
-        raise ConfigError(f"data.source={cfg.source!r} is unknown; valid choices: {', '.join(DATA_SOURCES)}")
+        raise ConfigError(f"data.source={cfg.source!r} is unknown; valid choices: {', '.join(DataSource.values())}")
 
 
 def _hf_documents(cfg: DataConfig, seed: int) -> Iterator[str]:

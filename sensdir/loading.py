@@ -10,13 +10,11 @@ from pathlib import Path
 
 import torch
 
-from sensdir.config import ModelConfig, SaeConfig
+from sensdir.config import ModelConfig, ModelSource, SaeConfig, SaeSource
 from sensdir.errors import ConfigError, MissingResourceError
 from sensdir.site import Site, SiteError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-MODEL_SOURCES = ("embedded", "transformer_lens")
-SAE_SOURCES = ("embedded", "sae_lens", "disk")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str) -> torch.dtype:
     try:
-        return _DTYPES[name]
+        return _DTYPES[str(name)]
     except KeyError:
         raise ConfigError(f"model.dtype={name!r} is not one of {', '.join(_DTYPES)}") from None
 
@@ -55,7 +53,7 @@ def load_model(cfg: ModelConfig, device: torch.device):
             model_hint(cfg.name),
             lambda: HookedTransformer.from_pretrained(cfg.name, device=str(device), dtype=dtype),
         )
-    raise ConfigError(f"model.source={cfg.source!r} is unknown; valid choices: {', '.join(MODEL_SOURCES)}")
+    raise ConfigError(f"model.source={cfg.source!r} is unknown; valid choices: {', '.join(ModelSource.values())}")
 
 
 def embedded_model_dir() -> Path:
@@ -127,7 +125,7 @@ def load_sae(cfg: SaeConfig, device: torch.device):
             sae_hint(cfg.release, cfg.sae_id),
             lambda: SAE.from_pretrained(cfg.release, cfg.sae_id, device=str(device), dtype="float32"),
         )
-    raise ConfigError(f"sae.source={cfg.source!r} is unknown; valid choices: {', '.join(SAE_SOURCES)}")
+    raise ConfigError(f"sae.source={cfg.source!r} is unknown; valid choices: {', '.join(SaeSource.values())}")
 
 
 def sae_hook_name(sae) -> str | None:

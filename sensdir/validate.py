@@ -40,8 +40,8 @@ def _check_choices(cfg: SensdirConfig) -> None:
         for name, hint in typing.get_type_hints(type(sub)).items():
             if isinstance(hint, type) and issubclass(hint, Choice):
                 value = getattr(sub, name)
-                if value not in {c.value for c in hint}:
-                    valid = ", ".join(c.value for c in hint)
+                if value not in hint.values():
+                    valid = ", ".join(hint.values())
                     raise ConfigError(f"{section.name}.{name}={value!r} is not valid; valid choices: {valid}")
 
 

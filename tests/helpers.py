@@ -124,3 +124,32 @@ def heldout_activations(sites: list[str], max_rows: int = 24, seed: int | None =
     model = load_model()
     rows = corpus_rows(model, "heldout", model.cfg.n_ctx, max_rows=max_rows)
     return collect_activations(model, rows, sites)
+
+
+# ----------------------------------------------------------------------------- shape checks
+
+
+def shape_checker(fn):
+    """The type checker of jaxtyping's import hook under pytest (pyproject's addopts:
+    ``--jaxtyping-packages=sensdir.engine,sensdir.metrics,helpers.shape_checker``).
+
+    beartype with PEP 484's numeric tower (an ``int`` passes where ``float`` is annotated, as
+    for mypy). While ``torch.compile`` traces a function the checks are skipped: dynamo cannot
+    trace jaxtyping's isinstance checks, and the compiled kernel is compared with the checked
+    eager one by the tests anyway.
+    """
+    import functools
+
+    from beartype import BeartypeConf, beartype
+
+    checked = beartype(conf=BeartypeConf(is_pep484_tower=True))(fn)
+    if isinstance(fn, type) or checked is fn:
+        return checked
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        return checked(*args, **kwargs)
+
+    return call

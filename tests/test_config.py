@@ -114,3 +114,25 @@ def test_gpt2_presets_use_the_papers_settings():
     assert (cfg.data.n_ctx, cfg.data.n_prompts, cfg.schedule.n_steps, cfg.metric.plateau_l2) == (10, 1000, 100, 20.0)
     cfg = to_config(_compose("experiment=gp24_plateau"))
     assert (cfg.schedule.name, cfg.schedule.step_size, cfg.direction.name) == ("absolute", 0.5, "plateau")
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("site.positions=every", "positions"), ("engine.path=fast", "path"), ("model.source=hub", "source"), ("model.dtype=fp8", "dtype")],
+)
+def test_fixed_choice_settings_refuse_other_values_at_composition(override, field):
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose(override)
+    text = str(e.value) + str(e.value.__cause__)
+    assert field in text and "Invalid value" in text
+
+
+def test_fixed_choice_settings_built_in_python_are_checked_before_loading(tiny_cfg):
+    from helpers import with_
+    from sensdir.errors import ConfigError
+    from sensdir.validate import validate_walks
+
+    with pytest.raises(ConfigError, match=r"site.positions='every' is not valid; valid choices: last, all"):
+        validate_walks(with_(tiny_cfg, site={"positions": "every"}))
+    with pytest.raises(ConfigError, match="engine.path=full"):
+        validate_walks(with_(tiny_cfg, site={"positions": "all"}, engine={"path": "lean"}))

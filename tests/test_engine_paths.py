@@ -67,6 +67,7 @@ def test_every_direction_type_is_walked_by_some_schedule():
     assert walked == set(DIRECTIONS.names()) and len(list(_combos())) >= 2 * len(walked)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction,schedule", list(_combos()))
 def test_lean_equals_full_for_every_direction_and_schedule(direction, schedule, tiny_cfg, tmp_path):
     lean = _curves(_cfg_for(tiny_cfg, direction, schedule, tmp_path, "lean", True))

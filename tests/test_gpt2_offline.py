@@ -45,6 +45,7 @@ def _assert_one_plain_error(res: subprocess.CompletedProcess, *needles: str) -> 
     return errors[0]
 
 
+@pytest.mark.slow
 def test_cli_runs_gpt2_small_from_the_local_cache(hf_cache, tmp_path):
     out = tmp_path / "results"
     res = _cli(
@@ -88,6 +89,7 @@ def test_preset_sae_missing_from_the_cache_is_one_plain_error(hf_offline):
     assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
+@pytest.mark.slow
 def test_missing_model_is_one_plain_error(empty_hf_cache, tmp_path):
     out = tmp_path / "results"
     res = _cli(empty_hf_cache, [*GPT2, *SMALL, f"run.out_dir={out}"])
@@ -114,6 +116,7 @@ _DATA = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_data_through_datasets_offline(hf_cache, tmp_path):
     """One offline subprocess with the fixture cache: the local Parquet file through the
     same ``datasets`` call as OpenWebText; the hub dataset (not cached) and a missing local

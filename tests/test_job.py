@@ -119,6 +119,7 @@ def test_bad_input_fails_before_compute_and_writes_nothing(tiny_cfg, tmp_path, c
     assert not Path(cfg.run.out_dir).exists()
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_clear_line_and_nonzero_exit(tiny_model_dir, tiny_sae_dir, tmp_path):
     out = tmp_path / "out"
     res = subprocess.run(

@@ -158,8 +158,8 @@ def test_n_steps_is_derived_or_must_agree():
 def test_job_validation_accepts_every_kind_of_proposal(name):
     """The job's checks let lengths walk targets, directions and scaled directions, and
     refuse a relative walk of plain unit directions."""
-    from sensdir.validate import validate_walks as _validate
     from sensdir.schedules.relative import RelativeConfig
+    from sensdir.validate import validate_walks as _validate
 
     direction = DIRECTIONS.get(name).config_cls()
     assert _validate(SensdirConfig(direction=direction, schedule=LengthsConfig())).n_steps == 24
