@@ -118,7 +118,12 @@ def test_gpt2_presets_use_the_papers_settings():
 
 @pytest.mark.parametrize(
     "override, field",
-    [("site.positions=every", "positions"), ("engine.path=fast", "path"), ("model.source=hub", "source"), ("model.dtype=fp8", "dtype")],
+    [
+        ("site.positions=every", "positions"),
+        ("engine.path=fast", "path"),
+        ("model.source=hub", "source"),
+        ("model.dtype=fp8", "dtype"),
+    ],
 )
 def test_fixed_choice_settings_refuse_other_values_at_composition(override, field):
     with pytest.raises(ConfigCompositionException) as e:
