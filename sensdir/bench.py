@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,8 +35,17 @@ from sensdir.metrics.kl import KL, kl_from_logits
 from sensdir.metrics.l2 import L2
 from sensdir.site import Site
 
-GPT2_SHAPE = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024,
-                  act_fn="gelu_new", normalization_type="LN")
+GPT2_SHAPE = dict(
+    n_layers=12,
+    d_model=768,
+    n_heads=12,
+    d_head=64,
+    d_mlp=3072,
+    d_vocab=50257,
+    n_ctx=1024,
+    act_fn="gelu_new",
+    normalization_type="LN",
+)
 SITE = "blocks.1.hook_resid_pre"
 N_STEPS = 100
 
@@ -201,11 +211,14 @@ def run_case(model, case: Case, device, batch_size: int, gen, compile: bool = Tr
         "speedup": eng_steps / naive_steps,
         "max_rel_diff_kl": _rel_diff(eng["kl"][:n], kl_n),
         "max_rel_diff_l2": _rel_diff(eng["l2"][:n], l2_n),
-        "peak_mem_mb": mem_e.mb, "naive_peak_mem_mb": mem_n.mb,
+        "peak_mem_mb": mem_e.mb,
+        "naive_peak_mem_mb": mem_n.mb,
         "engine_gflops": eng_steps * step_flops(model.cfg, case.n_ctx, site.start_layer, True) / 1e9,
         "naive_gflops": naive_steps * step_flops(model.cfg, case.n_ctx, site.start_layer, False) / 1e9,
-        "engine_prompts": case.engine_prompts, "naive_prompts": n,
-        "engine_s_runs": t_engine_runs, "naive_s_runs": t_naive_runs,
+        "engine_prompts": case.engine_prompts,
+        "naive_prompts": n,
+        "engine_s_runs": t_engine_runs,
+        "naive_s_runs": t_naive_runs,
     }
 
 
@@ -215,11 +228,22 @@ def blowup_wall_time(device, dtype_name: str, n_prompts: int, workdir: Path) -> 
     synth_baseline, random} x 100 relative steps."""
     import shutil
 
-    from safetensors.torch import save_file
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
+    from safetensors.torch import save_file
 
-    from sensdir.config import DataConfig, EngineConfig, ModelConfig, RunConfig, SaeConfig, SensdirConfig, SiteConfig
+    from sensdir.config import (
+        DataConfig,
+        Dtype,
+        EngineConfig,
+        ModelConfig,
+        ModelSource,
+        RunConfig,
+        SaeConfig,
+        SaeSource,
+        SensdirConfig,
+        SiteConfig,
+    )
     from sensdir.directions import DIRECTIONS
     from sensdir.job import run_job
     from sensdir.loading import embedded_model_dir
@@ -229,7 +253,10 @@ def blowup_wall_time(device, dtype_name: str, n_prompts: int, workdir: Path) -> 
     model = gpt2_shaped_model(torch.device("cpu"), torch.float32)
     mdir.mkdir(parents=True, exist_ok=True)
     (mdir / "config.json").write_text(json.dumps({**GPT2_SHAPE, "seed": 0}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith(("mask", "IGNORE"))}, str(mdir / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith(("mask", "IGNORE"))},
+        str(mdir / "model.safetensors"),
+    )
     # token ids of the embedded tokenizer are valid ids of a 50257-token vocabulary
     shutil.copytree(embedded_model_dir() / "tokenizer", mdir / "tokenizer", dirs_exist_ok=True)
     sdir = workdir / "sae"
@@ -252,8 +279,8 @@ def blowup_wall_time(device, dtype_name: str, n_prompts: int, workdir: Path) -> 
     times = {}
     for name in ("real", "synth_struct", "synth_baseline", "random"):
         cfg = SensdirConfig(
-            model=ModelConfig(source="embedded", path=str(mdir), dtype=dtype_name),
-            sae=SaeConfig(source="disk", path=str(sdir)),
+            model=ModelConfig(source=ModelSource.embedded, path=str(mdir), dtype=Dtype(dtype_name)),
+            sae=SaeConfig(source=SaeSource.disk, path=str(sdir)),
             site=SiteConfig(hook=SITE),
             data=DataConfig(n_ctx=10, n_prompts=n_prompts, n_stats=200, n_pool=200),
             direction=DIRECTIONS.get(name).config_cls(),
@@ -265,7 +292,13 @@ def blowup_wall_time(device, dtype_name: str, n_prompts: int, workdir: Path) -> 
         run_job(cfg)
         times[name] = time.perf_counter() - t
         print(f"  blowup experiment: {name} done in {times[name]:.0f} s", flush=True)
-    return {"n_prompts": n_prompts, "device": str(device), "dtype": dtype_name, "per_direction_s": times, "total_s": sum(times.values())}
+    return {
+        "n_prompts": n_prompts,
+        "device": str(device),
+        "dtype": dtype_name,
+        "per_direction_s": times,
+        "total_s": sum(times.values()),
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -311,7 +344,9 @@ def _run_cases(args, cases: list[Case], device, dtype, gen, ref_gflops: float) -
         if case.model not in loaded:
             loaded.clear()
             loaded[case.model] = (embedded_model if case.model == "embedded" else gpt2_shaped_model)(device, dtype)
-        r = run_case(loaded[case.model], case, device, args.batch_size, gen, not args.no_compile, 1 if args.quick else args.repeats)
+        r = run_case(
+            loaded[case.model], case, device, args.batch_size, gen, not args.no_compile, 1 if args.quick else args.repeats
+        )
         r["matmul_gflops"] = ref_gflops
         results.append(r)
         print(
@@ -335,15 +370,17 @@ def main(argv=None) -> None:
 
     q = args.quick
     results = _run_cases(args, _cases(args, device), device, dtype, gen, ref_gflops)
-    out = {"cases": results, "matmul_gflops": ref_gflops, "threads": torch.get_num_threads()}
+    out: dict[str, Any] = {"cases": results, "matmul_gflops": ref_gflops, "threads": torch.get_num_threads()}
     if args.only_blowup and Path(args.out).exists():  # keep the cases of an earlier full run
         out["cases"] = json.loads(Path(args.out).read_text()).get("cases", [])
     if not (q or args.skip_blowup):
         with tempfile.TemporaryDirectory() as tmp:
             b = blowup_wall_time(device, args.blowup_dtype or args.dtype, args.blowup_prompts, Path(tmp))
         out["blowup"] = b
-        print(f"blowup experiment ({b['n_prompts']} prompts x 4 types x {N_STEPS} steps, gpt2-shaped, {b['dtype']}): "
-              f"{b['total_s']:.0f} s  " + ", ".join(f"{k} {v:.0f} s" for k, v in b["per_direction_s"].items()))
+        print(
+            f"blowup experiment ({b['n_prompts']} prompts x 4 types x {N_STEPS} steps, gpt2-shaped, {b['dtype']}): "
+            f"{b['total_s']:.0f} s  " + ", ".join(f"{k} {v:.0f} s" for k, v in b["per_direction_s"].items())
+        )
     out["targets"] = targets(out)
     if q:
         print("(--quick: a few prompts per case; the target checks below are not representative)")
@@ -359,11 +396,21 @@ def targets(out: dict) -> list[dict]:
     checks = []
     for c in out["cases"]:
         want = 15 if c["n_ctx"] == 10 else 40
-        checks.append({"target": f"{c['model']} n_ctx {c['n_ctx']}: speedup >= {want}x", "measured": f"x{c['speedup']:.1f}",
-                       "met": c["speedup"] >= want})
+        checks.append(
+            {
+                "target": f"{c['model']} n_ctx {c['n_ctx']}: speedup >= {want}x",
+                "measured": f"x{c['speedup']:.1f}",
+                "met": c["speedup"] >= want,
+            }
+        )
         worst = max(c["max_rel_diff_kl"], c["max_rel_diff_l2"])
-        checks.append({"target": f"{c['model']} n_ctx {c['n_ctx']}: KL and L2 within 1e-4 relative",
-                       "measured": f"{worst:.1e}", "met": worst <= 1e-4})
+        checks.append(
+            {
+                "target": f"{c['model']} n_ctx {c['n_ctx']}: KL and L2 within 1e-4 relative",
+                "measured": f"{worst:.1e}",
+                "met": worst <= 1e-4,
+            }
+        )
     if "blowup" in out and out["blowup"]["n_prompts"] == 1000:  # the target is for the full experiment
         total = out["blowup"]["total_s"]
         checks.append({"target": "blowup experiment <= 600 s", "measured": f"{total:.0f} s", "met": total <= 600})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 # OmegaConf's marker for a mandatory value; spelled out so that importing the config
 # classes does not import omegaconf (the engine and benchmark run without it).
@@ -77,7 +77,7 @@ class EnginePath(Choice):
 class ModelConfig:
     source: ModelSource = ModelSource.embedded
     name: str = "embedded"
-    path: Optional[str] = None  # embedded weights dir; None = the shipped one
+    path: str | None = None  # embedded weights dir; None = the shipped one
     dtype: Dtype = Dtype.float32
 
 
@@ -86,13 +86,13 @@ class SaeConfig:
     source: SaeSource = SaeSource.embedded
     release: str = "embedded"
     sae_id: str = "blocks.1.hook_resid_pre/l1-mid"
-    path: Optional[str] = None
+    path: str | None = None
 
 
 @dataclass(frozen=True)
 class SiteConfig:
     # None: the hook the SAE was trained on (so sweeping SAEs across layers moves the site)
-    hook: Optional[str] = None
+    hook: str | None = None
     positions: Positions = Positions.last
 
 
@@ -104,11 +104,11 @@ class DataConfig:
     n_prompts: int = 100  # base prompts per job
     n_stats: int = 1000  # disjoint prompts for mu, Sigma, firing frequencies (METHODS §1)
     n_pool: int = 300  # disjoint prompts whose activations serve as "other real" targets
-    dataset: Optional[str] = None
-    dataset_config: Optional[str] = None
+    dataset: str | None = None
+    dataset_config: str | None = None
     split: str = "train"
     text_column: str = "text"
-    data_files: Optional[str] = None
+    data_files: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class SensdirConfig:
     run: RunConfig = field(default_factory=RunConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     study: Any = None  # a registered StudyConfig subclass; None = the walks above
-    experiment: Optional[str] = None
+    experiment: str | None = None
 
 
 def _editable_node(cls: type) -> Any:

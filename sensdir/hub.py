@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from sensdir.errors import MissingResourceError
 
 T = TypeVar("T")
 
 _OFFLINE_TYPES = {
-    "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout", "ConnectError",
-    "ReadTimeout", "MaxRetryError", "NameResolutionError", "NetworkError", "TimeoutException",
+    "LocalEntryNotFoundError",
+    "OfflineModeIsEnabled",
+    "ConnectionError",
+    "ConnectTimeout",
+    "ConnectError",
+    "ReadTimeout",
+    "MaxRetryError",
+    "NameResolutionError",
+    "NetworkError",
+    "TimeoutException",
 }
 # huggingface_hub logs one warning per retry of an unreachable hub before giving up
 _HTTP_LOGGER = "huggingface_hub.utils._http"

@@ -7,6 +7,7 @@ model and SAE assets here, and its prose corpus for the data loader (:func:`embe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -33,7 +34,7 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ConfigError(f"model.dtype={name!r} is not one of {', '.join(_DTYPES)}") from None
 
 
-def embedded_documents(split: str) -> list[str]:
+def embedded_documents(split: Literal["train", "heldout"]) -> list[str]:
     """The documents of the embedded model's prose corpus split ``split`` (``train`` or ``heldout``)."""
     from sensdir.embedded.corpus import documents
 
@@ -84,7 +85,9 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu", dtype: torch.
     # the attention masks are buffers rebuilt from n_ctx, not weights
     missing_w = [k for k in bad.missing_keys if not k.endswith(("attn.mask", "attn.IGNORE"))]
     if missing_w or bad.unexpected_keys:
-        raise MissingResourceError(f"{path}/model.safetensors does not match config.json: missing {missing_w}, unexpected {bad.unexpected_keys}")
+        raise MissingResourceError(
+            f"{path}/model.safetensors does not match config.json: missing {missing_w}, unexpected {bad.unexpected_keys}"
+        )
     # (HookedTransformer.to prints a line each time; skip the no-op moves)
     if dtype != torch.float32:
         model.to(dtype)
@@ -145,7 +148,9 @@ def check_site(model, sae, hook: str | None) -> Site:
         raise ConfigError(str(e)) from None
     sae_hook = sae_hook_name(sae)
     if sae_hook is not None and sae_hook != hook:
-        raise ConfigError(f"the SAE reads {sae_hook!r} but site.hook is {hook!r}; set site.hook={sae_hook} or pick an SAE for {hook}")
+        raise ConfigError(
+            f"the SAE reads {sae_hook!r} but site.hook is {hook!r}; set site.hook={sae_hook} or pick an SAE for {hook}"
+        )
     if sae.cfg.d_in != model.cfg.d_model:
         raise ConfigError(f"the SAE's d_in is {sae.cfg.d_in} but the model's d_model at {hook} is {model.cfg.d_model}")
     return site

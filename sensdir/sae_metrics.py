@@ -65,15 +65,11 @@ def gamma(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float((hf * xf).sum() / denom)
 
 
-def ce_loss_recovered(
-    ce_clean: float, ce_reconstruction: float, ce_zero_ablation: float
-) -> float:
+def ce_loss_recovered(ce_clean: float, ce_reconstruction: float, ce_zero_ablation: float) -> float:
     """``(CE_zero - CE_recon) / (CE_zero - CE_clean)``; 1 = lossless splice, 0 = as bad as zeroing."""
     denom = float(ce_zero_ablation) - float(ce_clean)
     if denom == 0 or not math.isfinite(denom):
-        raise ValueError(
-            "zero ablation does not change the loss; CE-loss recovered is undefined"
-        )
+        raise ValueError("zero ablation does not change the loss; CE-loss recovered is undefined")
     return (float(ce_zero_ablation) - float(ce_reconstruction)) / denom
 
 
@@ -111,9 +107,7 @@ class ReconstructionStats:
         self.fire_counts = torch.zeros(d_sae, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(
-        self, x: torch.Tensor, x_hat: torch.Tensor, feature_acts: torch.Tensor
-    ) -> None:
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, feature_acts: torch.Tensor) -> None:
         xf, hf = _flat(x), _flat(x_hat)
         f = feature_acts.reshape(-1, feature_acts.shape[-1]) != 0
         self.n += xf.shape[0]

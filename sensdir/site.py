@@ -36,7 +36,7 @@ class Site:
     start_layer: int  # first block that reads the (perturbed) residual stream
 
     @classmethod
-    def parse(cls, hook: str, n_layers: int) -> "Site":
+    def parse(cls, hook: str, n_layers: int) -> Site:
         m = _RESID_HOOK.match(hook)
         if m is None:
             raise SiteError(

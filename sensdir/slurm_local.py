@@ -39,8 +39,11 @@ def why_unavailable() -> str | None:
         return "not a POSIX system"
     if os.geteuid() != 0:
         return "slurmctld/slurmd/munged must run as root here and this process is not root"
-    missing = [b for b in ("munged", "munge", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol")
-               if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    missing = [
+        b
+        for b in ("munged", "munge", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol")
+        if shutil.which(b) is None and not Path("/usr/sbin", b).exists()
+    ]
     if missing:
         return f"missing {', '.join(missing)} (apt-get install slurm-wlm munge)"
     if not Path("/etc/munge/munge.key").exists():
@@ -151,9 +154,17 @@ class LocalCluster:
         self.munge_socket.parent.chmod(0o755)
         # --force: munged refuses to start as root over a log directory it does not own otherwise.
         subprocess.run(
-            [_bin("munged"), "--force", f"--socket={self.munge_socket}", f"--pid-file={self.root / 'munged.pid'}",
-             f"--log-file={self.log_dir / 'munged.log'}", f"--seed-file={self.root / 'munge' / 'munged.seed'}"],
-            check=True, capture_output=True, timeout=30,
+            [
+                _bin("munged"),
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={self.root / 'munged.pid'}",
+                f"--log-file={self.log_dir / 'munged.log'}",
+                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
         _wait(self._munge_ok, 15, "munged to answer")
 
@@ -173,7 +184,7 @@ class LocalCluster:
         except ProcessLookupError:
             return False
 
-    def start(self, timeout: float = 60) -> "LocalCluster":
+    def start(self, timeout: float = 60) -> LocalCluster:
         reason = why_unavailable()
         if reason:
             raise ClusterUnavailable(reason)
@@ -212,7 +223,7 @@ class LocalCluster:
                 pass
             else:
                 try:
-                    _wait(lambda: not _pid_alive(pid), 20, f"{name} (pid {pid}) to exit")
+                    _wait(lambda pid=pid: not _pid_alive(pid), 20, f"{name} (pid {pid}) to exit")
                 except TimeoutError:
                     os.kill(pid, signal.SIGKILL)
             (self.root / f"{name}.pid").unlink(missing_ok=True)

@@ -7,14 +7,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sensdir.config import StatsConfig
-from sensdir.walk_types import SiteStats
 from sensdir.engine import clean_site_resid
 from sensdir.site import Site
+from sensdir.walk_types import SiteStats
 
 
 @torch.inference_mode()
 def site_activations(model, tokens_NT: Int[Tensor, "N T"], site: Site, batch: int = 256) -> Float[Tensor, "N T d"]:
-    parts = [clean_site_resid(model, tokens_NT[i : i + batch].to(model.cfg.device), site) for i in range(0, len(tokens_NT), batch)]
+    parts = [
+        clean_site_resid(model, tokens_NT[i : i + batch].to(model.cfg.device), site) for i in range(0, len(tokens_NT), batch)
+    ]
     return torch.cat(parts).float()
 
 

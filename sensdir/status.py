@@ -27,9 +27,10 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sensdir.artifacts.identity import config_hash, job_dir
 from sensdir.artifacts.layout import MANIFEST, PLAN, ShardFiles, shard_files_in
@@ -241,7 +242,7 @@ def _last_error_line(text: str) -> str | None:
 
 def _varying(overrides: list[list[str]]) -> set[str]:
     """Override keys whose value differs between tasks (the swept ones)."""
-    dicts = [dict(o.split("=", 1) if "=" in o else (o, "") for o in ovs) for ovs in overrides]
+    dicts = [dict(o.partition("=")[::2] for o in ovs) for ovs in overrides]
     keys = set().union(*dicts) if dicts else set()
     varying = {k for k in keys if len({d.get(k) for d in dicts}) > 1}
     return varying or {k for k in keys if k.lstrip("+~") in ("direction", "run.shard")}
@@ -284,7 +285,7 @@ def sweep_status(sweep_dir: str | Path, squeue: dict[str, str] | None | bool = T
             complete = is_complete(files, config_hash(cfg))
             seen_shards.add((str(jdir), cfg.run.shard, cfg.run.shards))
         result = _read_result(task)
-        st.slurm_state = None if live is None else live.get(task.task_id)
+        st.slurm_state = live.get(task.task_id) if isinstance(live, dict) else None
         if complete:  # also where a later rerun of the sweep completed this task's shard
             st.state = "done"
         elif result is not None and result[0] == "failed":
@@ -326,7 +327,10 @@ def _disk_only_shards(sweep_dir: Path, seen: set[tuple[str, int, int]]) -> list[
         out.append(
             TaskStatus(
                 state="done" if done else "incomplete",
-                job_key=files.job_dir.name, shard=files.id.shard, shards=files.id.shards, job_dir=key[0],
+                job_key=files.job_dir.name,
+                shard=files.id.shard,
+                shards=files.id.shards,
+                job_dir=key[0],
                 plan=files.plan.exists(),
                 error=None if done else f"{files.id.stem}: plan without a complete manifest",
             )

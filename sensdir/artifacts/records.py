@@ -66,8 +66,14 @@ def write_plan(files: ShardFiles, jkey: str, chash: str, row_ids: list[str]) -> 
     # so a job killed mid-run shows up as missing rows, not as nothing.
     write_json_atomic(
         files.plan,
-        {"job_key": jkey, "config_hash": chash, "shard": files.id.shard, "shards": files.id.shards,
-         "n_rows": len(row_ids), "row_ids": row_ids},
+        {
+            "job_key": jkey,
+            "config_hash": chash,
+            "shard": files.id.shard,
+            "shards": files.id.shards,
+            "n_rows": len(row_ids),
+            "row_ids": row_ids,
+        },
     )
 
 

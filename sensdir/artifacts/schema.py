@@ -53,14 +53,19 @@ LEGACY_METRICS: dict[str, Any] = {
 
 # Comparison roles of direction types (``Direction.comparison_role``) for shards written
 # before the role was declared in their metadata.
-LEGACY_ROLES = {"sae_error": "error", "eps_random": "error_baseline", "cov_mixture": "error_baseline", "real_mixture": "error_baseline"}
+LEGACY_ROLES = {
+    "sae_error": "error",
+    "eps_random": "error_baseline",
+    "cov_mixture": "error_baseline",
+    "real_mixture": "error_baseline",
+}
 
 
 def direction_of(meta: dict[str, Any]) -> dict[str, Any]:
     """A walk shard's direction: ``label`` (the ``direction`` column) and comparison ``role``."""
     if "direction" in meta:
         return meta["direction"]
-    name = ((meta.get("config") or {}).get("direction") or {}).get("name")
+    name = str(((meta.get("config") or {}).get("direction") or {}).get("name"))
     return {"label": name, "role": LEGACY_ROLES.get(name)}
 
 

@@ -22,6 +22,7 @@ that length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -39,6 +40,8 @@ class ErrorLengthOption(Direction):
     """Shared by the mixtures: ``natural_length="sae_error"`` attaches ||SAE(A) - A|| to
     each unit direction, making it a scaled direction (a relative walk then ends exactly at
     that length), for the error-pathology comparison [G24], [LH24]."""
+
+    cfg: Any  # a mixture's config, with a ``natural_length`` field
 
     @classmethod
     def returns_for(cls, cfg) -> str:

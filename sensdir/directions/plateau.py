@@ -36,12 +36,15 @@ class Plateau(Direction):
         super().__init__(cfg, ctx)
         starts = [e.name for e in DIRECTIONS.entries() if e.impl.returns == "target" and e.name != "plateau"]
         if cfg.start not in starts:
-            raise ValueError(f"direction.start={cfg.start!r} is not a direction type with targets; valid choices: {', '.join(starts)}")
+            raise ValueError(
+                f"direction.start={cfg.start!r} is not a direction type with targets; valid choices: {', '.join(starts)}"
+            )
         entry = DIRECTIONS.get(cfg.start)
         self.start = entry.impl(entry.config_cls(), ctx)
 
     def propose(self, base_BD, base_index_B, gen: torch.Generator) -> Proposal:
         start = self.start.propose(base_BD, base_index_B, gen)
+        assert start.target_BD is not None  # start types are checked to return targets
         target_BD = self.ctx.stats.sample_gaussian(base_BD.shape[0], gen).to(device=base_BD.device, dtype=base_BD.dtype)
         info = {f"start_{k}": v for k, v in start.info.items()}
         info["start_norm"] = start.target_BD.norm(dim=-1).cpu()

@@ -9,7 +9,6 @@ unit vector for every base activation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from jaxtyping import Float, Int
@@ -28,9 +27,9 @@ class ProbeConfig(DirectionConfig):
     name: str = "probe"
     letter: str = "A"
     n_icl_examples: int = 4
-    separator: Optional[str] = None
+    separator: str | None = None
     min_word_len: int = 1  # SAEBench keeps single letters too
-    max_words: Optional[int] = None
+    max_words: int | None = None
     train_frac: float = 0.8
     l2: float = 1e-3
     seed: int = 0
@@ -43,8 +42,14 @@ class ProbeConfig(DirectionConfig):
             raise ConfigError(f"probe: letter={self.letter!r} is not valid; valid choices: {', '.join(LETTERS)}")
 
     def task(self) -> FirstLetterTask:
-        return FirstLetterTask(n_icl_examples=self.n_icl_examples, separator=self.separator, min_word_len=self.min_word_len,
-                               max_words=self.max_words, train_frac=self.train_frac, seed=self.seed)
+        return FirstLetterTask(
+            n_icl_examples=self.n_icl_examples,
+            separator=self.separator,
+            min_word_len=self.min_word_len,
+            max_words=self.max_words,
+            train_frac=self.train_frac,
+            seed=self.seed,
+        )
 
 
 @DIRECTIONS.register("probe", ProbeConfig)
@@ -58,7 +63,9 @@ class Probe(Direction):
         super().__init__(cfg, ctx)
         model, site = getattr(ctx, "model", None), getattr(ctx, "site", None)
         if model is None or site is None:
-            raise ConfigError("probe: the direction context has no model/site (DirectionContext.model and .site are needed to fit the probe)")
+            raise ConfigError(
+                "probe: the direction context has no model/site (DirectionContext.model and .site are needed to fit the probe)"
+            )
         hook = site if isinstance(site, str) else site.hook
         li = LETTERS.index(cfg.letter)
         probes = letter_probes(model, hook, cfg.task(), cfg.l2)
@@ -68,5 +75,7 @@ class Probe(Direction):
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         B = base_BD.shape[0]
         u_BD = self.u_D[None, :].expand(B, -1).clone()
-        return Proposal(unit_BD=like_base(u_BD, base_BD, self.ctx.device),
-                        info={"probe_letter": [self.cfg.letter] * B, "probe_f1": torch.full((B,), self.f1)})
+        return Proposal(
+            unit_BD=like_base(u_BD, base_BD, self.ctx.device),
+            info={"probe_letter": [self.cfg.letter] * B, "probe_f1": torch.full((B,), self.f1)},
+        )

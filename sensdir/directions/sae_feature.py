@@ -86,9 +86,11 @@ class SaeFeature(Direction):
         else:
             self.eligible_S = has_dir_S
         if not self.eligible_S.any():
-            what = {"dead": "no dead latent (every latent fires in the stats data)",
-                    "alive": "no live latent (no latent fires in the stats data)",
-                    "active": "no latent with a nonzero decoder row"}[cfg.group]
+            what = {
+                "dead": "no dead latent (every latent fires in the stats data)",
+                "alive": "no live latent (no latent fires in the stats data)",
+                "active": "no latent with a nonzero decoder row",
+            }[cfg.group]
             raise ConfigError(f"sae_feature: group={cfg.group!r} is empty for every base: the SAE has {what}")
         self._dead_idx = torch.nonzero(self.eligible_S).squeeze(1)  # the fixed group of "dead"
 
@@ -132,6 +134,8 @@ class SaeFeature(Direction):
         if n_empty:
             log.warning(
                 "sae_feature: %d of %d bases have no %s latent; their rows have latent=-1 and u=0",
-                n_empty, len(j_B), self.cfg.group,
+                n_empty,
+                len(j_B),
+                self.cfg.group,
             )
         return Proposal(unit_BD=like_base(u_BD, base_BD, self.ctx.device), info=info)

@@ -53,6 +53,7 @@ class SupervisedConfig(DirectionConfig):
 
 @DIRECTIONS.register("supervised", SupervisedConfig)
 class Supervised(Direction):
+    cfg: SupervisedConfig
     returns = "scaled_direction"
 
     def __init__(self, cfg: SupervisedConfig, ctx):
@@ -61,8 +62,10 @@ class Supervised(Direction):
             raise ValueError(f"supervised: attribute={cfg.attribute!r} is not valid; valid choices: {', '.join(ATTRIBUTES)}")
         model, site = getattr(ctx, "model", None), getattr(ctx, "site", None)
         if model is None or site is None:
-            raise ValueError("supervised: the direction context has no model/site to fit the dictionary on "
-                             "(DirectionContext.model and .site must be set)")
+            raise ValueError(
+                "supervised: the direction context has no model/site to fit the dictionary on "
+                "(DirectionContext.model and .site must be set)"
+            )
         if cfg.n_prompts < 2:
             raise ValueError("supervised: n_prompts must be at least 2")
         src = ioi_source(resolve_source(cfg.prompts, model), cfg.templates, cfg.custom_templates, cfg.names)
@@ -73,8 +76,9 @@ class Supervised(Direction):
                 raise ValueError(f"supervised: {f}={v!r} is not a value of {cfg.attribute}; valid: {', '.join(values)}")
         if cfg.from_value and cfg.from_value == cfg.to_value:
             raise ValueError("supervised: from_value and to_value are the same (the edit would be zero)")
-        self.dictionary = fit_ioi_dictionary(model, site, src, cfg.n_prompts, cfg.prompt_seed, (cfg.attribute,),
-                                             prepend_bos=cfg.prepend_bos)
+        self.dictionary = fit_ioi_dictionary(
+            model, site, src, cfg.n_prompts, cfg.prompt_seed, (cfg.attribute,), prepend_bos=cfg.prepend_bos
+        )
         self.values = sorted(self.dictionary.codes[cfg.attribute])
         for v in (cfg.from_value, cfg.to_value):
             if v and v not in self.values:

@@ -23,8 +23,10 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer")
 
 
 def _missing_error(path: Path, missing: list[str]) -> Exception:
-    msg = (f"embedded model directory {str(path)!r} lacks {', '.join(missing)}; reinstall sensdir or "
-           f"retrain it with `python -m sensdir.embedded.train --out {path}`")
+    msg = (
+        f"embedded model directory {str(path)!r} lacks {', '.join(missing)}; reinstall sensdir or "
+        f"retrain it with `python -m sensdir.embedded.train --out {path}`"
+    )
     try:
         from sensdir.errors import MissingResourceError
     except ImportError:  # pragma: no cover
@@ -65,8 +67,7 @@ def load_raw_tokenizer(path: str | Path | None = None):
     return Tokenizer.from_file(str(model_dir(path) / "tokenizer" / "tokenizer.json"))
 
 
-def load_embedded_model(device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None,
-                        path: str | Path | None = None):
+def load_embedded_model(device: str | torch.device = "cpu", dtype: torch.dtype | None = None, path: str | Path | None = None):
     """The embedded model as a ``transformer_lens.HookedTransformer`` in eval mode.
 
     ``dtype`` defaults to float32 (the weights are stored in float16).  ``path``: another weights
@@ -80,5 +81,4 @@ def load_embedded_model(device: "str | torch.device" = "cpu", dtype: "torch.dtyp
     return load_model_dir(model_dir(path), device, torch.float32 if dtype is None else dtype)
 
 
-__all__ = ["ASSETS_DIR", "MODEL_DIR", "load_embedded_model", "load_tokenizer", "load_raw_tokenizer",
-           "model_config", "model_dir"]
+__all__ = ["ASSETS_DIR", "MODEL_DIR", "load_embedded_model", "load_tokenizer", "load_raw_tokenizer", "model_config", "model_dir"]

@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -35,8 +36,7 @@ VOCAB_SIZE = 4096
 TOKENIZER_IOI_SENTENCES = 20_000
 IOI_POOL = 200_000
 FIRST_LETTER_SHUFFLES = 32
-EVAL_SIZES = {"ioi_train": 500, "ioi_heldout_pairs": 1000, "ioi_heldout_templates": 1000,
-              "first_letter_seen": 1000}
+EVAL_SIZES = {"ioi_train": 500, "ioi_heldout_pairs": 1000, "ioi_heldout_templates": 1000, "first_letter_seen": 1000}
 
 
 def train_tokenizer(vocab_size: int = VOCAB_SIZE):
@@ -48,9 +48,13 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     letters = [" ".join(f"the first letter: {c}." for c in LETTERS)] * 200
     texts = corpus.documents("train") + tasks.ioi_train_texts(TOKENIZER_IOI_SENTENCES, seed=12345) + letters
     tok.train_from_iterator(texts, trainer=trainer)
@@ -60,8 +64,7 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
 
 def check_tokenizer(tok) -> None:
     assert tok.token_to_id(EOT) == 0, "end-of-text must be token 0"
-    bad = [w for w in [" " + n for n in ioi.NAMES] + [" " + c for c in LETTERS]
-           if len(tok.encode(w).ids) != 1]
+    bad = [w for w in [" " + n for n in ioi.NAMES] + [" " + c for c in LETTERS] if len(tok.encode(w).ids) != 1]
     if bad:
         raise RuntimeError(f"not single tokens: {bad}")
 
@@ -69,8 +72,9 @@ def check_tokenizer(tok) -> None:
 def save_tokenizer(tok, directory: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT,
-                                   unk_token=EOT, pad_token=EOT, model_max_length=128)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT, model_max_length=128
+    )
     fast.save_pretrained(str(directory))
 
 
@@ -104,23 +108,31 @@ def _single(tok, text: str) -> int:
 def eval_data(tok, seed: int = 0) -> dict:
     """Tokenized evaluation prompts (each prompt begins with the end-of-text token as BOS)."""
     out: dict = {}
-    for key, split in (("ioi_train", "train"), ("ioi_heldout_pairs", "heldout_pairs"),
-                       ("ioi_heldout_templates", "heldout_templates")):
+    ioi_splits: tuple[tuple[str, tasks.IOISplit], ...] = (
+        ("ioi_train", "train"),
+        ("ioi_heldout_pairs", "heldout_pairs"),
+        ("ioi_heldout_templates", "heldout_templates"),
+    )
+    for key, split in ioi_splits:
         exs = tasks.ioi_eval_set(split, EVAL_SIZES[key], seed=seed)
         encs = tok.encode_batch([e.prompt for e in exs])
-        out[key] = [{"tokens": [0] + enc.ids, "answer": _single(tok, e.answer),
-                     "wrong": _single(tok, e.s_answer), "attrs": e.to_dict()}
-                    for e, enc in zip(exs, encs)]
+        out[key] = [
+            {"tokens": [0] + enc.ids, "answer": _single(tok, e.answer), "wrong": _single(tok, e.s_answer), "attrs": e.to_dict()}
+            for e, enc in zip(exs, encs)
+        ]
     words = first_letter_words(tok)
-    for key, split, n in (("first_letter_seen", "seen", EVAL_SIZES["first_letter_seen"]),
-                          ("first_letter_unseen", "unseen", None)):
-        exs = tasks.first_letter_eval_set(words, split, n=n, seed=seed)
-        encs = tok.encode_batch([e.prompt for e in exs])
-        out[key] = [{"tokens": [0] + enc.ids, "answer": _single(tok, e.answer), "attrs": e.to_dict()}
-                    for e, enc in zip(exs, encs)]
+    letter_splits: tuple[tuple[str, Literal["seen", "unseen"], int | None], ...] = (
+        ("first_letter_seen", "seen", EVAL_SIZES["first_letter_seen"]),
+        ("first_letter_unseen", "unseen", None),
+    )
+    for key, letter_split, n in letter_splits:
+        exs_fl = tasks.first_letter_eval_set(words, letter_split, n=n, seed=seed)
+        encs = tok.encode_batch([e.prompt for e in exs_fl])
+        out[key] = [
+            {"tokens": [0] + enc.ids, "answer": _single(tok, e.answer), "attrs": e.to_dict()} for e, enc in zip(exs_fl, encs)
+        ]
     out["prose_heldout_characters"] = sum(len(d) for d in corpus.documents("heldout"))
-    out["first_letter_words"] = {"seen": len(tasks.split_words(words)[0]),
-                                 "unseen": len(tasks.split_words(words)[1])}
+    out["first_letter_words"] = {"seen": len(tasks.split_words(words)[0]), "unseen": len(tasks.split_words(words)[1])}
     return out
 
 
@@ -157,11 +169,17 @@ def prepare(data_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0) ->
         "corpus": corpus.stats(),
         "seed": seed,
         "vocab_size": tok.get_vocab_size(),
-        "tokens": {name: int(np.load(data_dir / f"{name}.npy").shape[0])
-                   for name in ("prose_train", "prose_heldout", "ioi_train", "first_letter_train")},
+        "tokens": {
+            name: int(np.load(data_dir / f"{name}.npy").shape[0])
+            for name in ("prose_train", "prose_heldout", "ioi_train", "first_letter_train")
+        },
         "first_letter_words": ev["first_letter_words"],
-        "ioi": {"names": len(ioi.NAMES), "templates": len(ioi.TEMPLATES),
-                "heldout_templates": sorted(ioi.HELDOUT_TEMPLATES), "train_pool": IOI_POOL},
+        "ioi": {
+            "names": len(ioi.NAMES),
+            "templates": len(ioi.TEMPLATES),
+            "heldout_templates": sorted(ioi.HELDOUT_TEMPLATES),
+            "train_pool": IOI_POOL,
+        },
     }
     (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -17,8 +17,13 @@ import time
 from pathlib import Path
 
 
-def measure(model_dir: Path | None = None, device: str = "cpu", tasks: tuple[str, ...] | None = None,
-            prose: bool = True, max_items: int | None = None) -> dict:
+def measure(
+    model_dir: Path | None = None,
+    device: str = "cpu",
+    tasks: tuple[str, ...] | None = None,
+    prose: bool = True,
+    max_items: int | None = None,
+) -> dict:
     import torch
 
     from . import data, load_embedded_model, load_raw_tokenizer
@@ -39,11 +44,15 @@ def measure(model_dir: Path | None = None, device: str = "cpu", tasks: tuple[str
 
     t0 = time.time()
     with torch.no_grad():
-        res = evaluate_all(logits_fn, ev, heldout, model.cfg.n_ctx, device, tasks=tasks or TASKS,
-                           prose=prose)
-    res["_meta"] = {"device": device, "dtype": "float32", "python": python_tag(),
-                    "torch": torch.__version__, "seconds": round(time.time() - t0, 1),
-                    "first_letter_words": ev["first_letter_words"]}
+        res = evaluate_all(logits_fn, ev, heldout, model.cfg.n_ctx, device, tasks=tasks or TASKS, prose=prose)
+    res["_meta"] = {
+        "device": device,
+        "dtype": "float32",
+        "python": python_tag(),
+        "torch": torch.__version__,
+        "seconds": round(time.time() - t0, 1),
+        "first_letter_words": ev["first_letter_words"],
+    }
     return res
 
 

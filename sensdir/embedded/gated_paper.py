@@ -54,9 +54,7 @@ LOSS_NOTE = (
 )
 
 
-def paper_gated_losses(
-    sae: GatedTrainingSAE, x: torch.Tensor, l1_coefficient: float
-) -> dict[str, torch.Tensor]:
+def paper_gated_losses(sae: GatedTrainingSAE, x: torch.Tensor, l1_coefficient: float) -> dict[str, torch.Tensor]:
     """The three terms of the paper's loss for a batch ``x`` (already scaled), each a mean over
     the batch of a per-row sum: ``mse_loss``, ``l1_loss``, ``auxiliary_reconstruction_loss``."""
     feature_acts, _ = sae.encode_with_hidden_pre(x)
@@ -66,9 +64,7 @@ def paper_gated_losses(
     return {"mse_loss": mse, **aux}
 
 
-def paper_aux_losses(
-    sae: GatedTrainingSAE, x: torch.Tensor, l1_coefficient: float
-) -> dict[str, torch.Tensor]:
+def paper_aux_losses(sae: GatedTrainingSAE, x: torch.Tensor, l1_coefficient: float) -> dict[str, torch.Tensor]:
     """Sparsity and frozen-decoder auxiliary terms of the paper's loss."""
     x_centred = x - sae.b_dec * sae.cfg.apply_b_dec_to_input
     pi_gate = x_centred @ sae.W_enc + sae.b_gate
@@ -122,6 +118,4 @@ def attach(trainer: Any) -> None:
     sae = trainer.sae
     if not isinstance(sae, PaperGatedTrainingSAE):
         raise TypeError("attach() expects a trainer of a PaperGatedTrainingSAE")
-    trainer.optimizer.register_step_post_hook(
-        lambda opt, args, kwargs: sae.normalize_decoder()
-    )
+    trainer.optimizer.register_step_post_hook(lambda opt, args, kwargs: sae.normalize_decoder())

@@ -15,7 +15,7 @@ Definitions (used for ``metrics.json`` and the model card):
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,8 +25,9 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def prose_loss(logits_fn: LogitsFn, stream: np.ndarray, n_chars: int, n_ctx: int,
-               device: str | torch.device = "cpu", batch_size: int = 64) -> dict:
+def prose_loss(
+    logits_fn: LogitsFn, stream: np.ndarray, n_chars: int, n_ctx: int, device: str | torch.device = "cpu", batch_size: int = 64
+) -> dict:
     toks = torch.as_tensor(stream.astype(np.int64))
     n_win = (len(toks) - 1) // n_ctx
     total_nats, count = 0.0, 0
@@ -35,7 +36,7 @@ def prose_loss(logits_fn: LogitsFn, stream: np.ndarray, n_chars: int, n_ctx: int
     if len(toks) - 1 - rest_start > 0:
         windows.append((rest_start, len(toks) - 1 - rest_start))
     for j in range(0, len(windows), batch_size):
-        chunk = windows[j:j + batch_size]
+        chunk = windows[j : j + batch_size]
         for length in sorted({w[1] for w in chunk}):
             starts = [s for s, L in chunk if L == length]
             idx = torch.tensor(starts)[:, None] + torch.arange(length + 1)[None]
@@ -46,25 +47,27 @@ def prose_loss(logits_fn: LogitsFn, stream: np.ndarray, n_chars: int, n_ctx: int
             keep = tgt.reshape(-1) != 0
             total_nats += nll[keep].double().sum().item()
             count += int(keep.sum().item())
-    return {"nats_per_token": total_nats / count,
-            "bits_per_char": total_nats / math.log(2) / n_chars,
-            "tokens": count, "characters": n_chars}
+    return {
+        "nats_per_token": total_nats / count,
+        "bits_per_char": total_nats / math.log(2) / n_chars,
+        "tokens": count,
+        "characters": n_chars,
+    }
 
 
 @torch.no_grad()
-def task_accuracy(logits_fn: LogitsFn, items: list[dict], device: str | torch.device = "cpu",
-                  batch_size: int = 128) -> dict:
+def task_accuracy(logits_fn: LogitsFn, items: list[dict], device: str | torch.device = "cpu", batch_size: int = 128) -> dict:
     correct = 0
     beats = 0
     diffs: list[float] = []
     has_wrong = bool(items) and "wrong" in items[0]
     for j in range(0, len(items), batch_size):
-        chunk = items[j:j + batch_size]
+        chunk = items[j : j + batch_size]
         lens = [len(it["tokens"]) for it in chunk]
         T = max(lens)
         batch = torch.zeros(len(chunk), T, dtype=torch.long)
         for r, it in enumerate(chunk):
-            batch[r, :len(it["tokens"])] = torch.tensor(it["tokens"])
+            batch[r, : len(it["tokens"])] = torch.tensor(it["tokens"])
         logits = logits_fn(batch.to(device)).float()
         last = logits[torch.arange(len(chunk)), torch.tensor(lens) - 1].cpu()
         ans = torch.tensor([it["answer"] for it in chunk])
@@ -81,17 +84,21 @@ def task_accuracy(logits_fn: LogitsFn, items: list[dict], device: str | torch.de
     return out
 
 
-TASKS = ("ioi_train", "ioi_heldout_pairs", "ioi_heldout_templates", "first_letter_seen",
-         "first_letter_unseen")
+TASKS = ("ioi_train", "ioi_heldout_pairs", "ioi_heldout_templates", "first_letter_seen", "first_letter_unseen")
 
 
-def evaluate_all(logits_fn: LogitsFn, eval_json: dict, prose_heldout: np.ndarray, n_ctx: int,
-                 device: str | torch.device = "cpu", tasks: tuple[str, ...] = TASKS,
-                 prose: bool = True) -> dict:
+def evaluate_all(
+    logits_fn: LogitsFn,
+    eval_json: dict,
+    prose_heldout: np.ndarray | None,
+    n_ctx: int,
+    device: str | torch.device = "cpu",
+    tasks: tuple[str, ...] = TASKS,
+    prose: bool = True,
+) -> dict:
     out: dict = {}
-    if prose:
-        out["prose_heldout"] = prose_loss(logits_fn, prose_heldout,
-                                          eval_json["prose_heldout_characters"], n_ctx, device)
+    if prose and prose_heldout is not None:
+        out["prose_heldout"] = prose_loss(logits_fn, prose_heldout, eval_json["prose_heldout_characters"], n_ctx, device)
     for key in tasks:
         out[key] = task_accuracy(logits_fn, eval_json[key], device)
     return out

@@ -92,9 +92,7 @@ def write_cards(out_root: Path, family: dict[str, tuple[SaeSpec, ...]] | None = 
         }
         for c in cards
     ]
-    (out_root / "index.json").write_text(
-        json.dumps({"default_site": DEFAULT_SITE, "saes": index}, indent=1) + "\n"
-    )
+    (out_root / "index.json").write_text(json.dumps({"default_site": DEFAULT_SITE, "saes": index}, indent=1) + "\n")
     c0 = cards[0]
     lines = [
         "# Embedded SAE family",

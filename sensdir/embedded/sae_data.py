@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -71,7 +72,7 @@ def stream_rows(stream: torch.Tensor, n_ctx: int) -> torch.Tensor:
 
 
 def corpus_rows(
-    model, split: str, n_ctx: int, max_rows: int | None = None, seed: int | None = None
+    model, split: Literal["train", "heldout"], n_ctx: int, max_rows: int | None = None, seed: int | None = None
 ) -> torch.Tensor:
     """Windows of the embedded prose corpus (``sensdir.embedded.corpus``). With ``seed`` the
     windows are shuffled with it before ``max_rows`` are kept; else the first ``max_rows``."""
@@ -101,9 +102,7 @@ def synthetic_rows(model, n_rows: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect_activations(
-    model, rows: torch.Tensor, sites: Sequence[str], batch_rows: int = 64
-) -> dict[str, torch.Tensor]:
+def collect_activations(model, rows: torch.Tensor, sites: Sequence[str], batch_rows: int = 64) -> dict[str, torch.Tensor]:
     """Residual activations at ``sites`` for every position but 0: ``{site: [rows*(n_ctx-1), d]}``."""
     stop = max(layer_of_hook(s) for s in sites) + 1
     n_rows, n_ctx = rows.shape
@@ -113,9 +112,7 @@ def collect_activations(
     per = n_ctx - 1
     for i in range(0, n_rows, batch_rows):
         batch = rows[i : i + batch_rows].to(model.cfg.device)
-        _, cache = model.run_with_cache(
-            batch, stop_at_layer=stop, names_filter=lambda n: n in names
-        )
+        _, cache = model.run_with_cache(batch, stop_at_layer=stop, names_filter=lambda n: n in names)
         for s in sites:
             a = cache[s][:, 1:, :].reshape(-1, d).float().cpu()
             out[s][i * per : i * per + a.shape[0]] = a

@@ -71,24 +71,14 @@ def make_training_sae(spec: SaeSpec, site: str, d_in: int, steps: int, settings,
 
         # decoder rows start at unit norm (the paper's constraint); W_enc = W_dec^T as in sae_lens
         return PaperGatedTrainingSAE(
-            GatedTrainingSAEConfig(
-                **common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm, decoder_init_norm=1.0
-            )
+            GatedTrainingSAEConfig(**common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm, decoder_init_norm=1.0)
         )
     if spec.loss != "sae_lens":
         raise ValueError(f"loss {spec.loss!r} is only available for gated SAEs")
     if spec.architecture == "standard":
-        return StandardTrainingSAE(
-            StandardTrainingSAEConfig(
-                **common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm
-            )
-        )
+        return StandardTrainingSAE(StandardTrainingSAEConfig(**common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm))
     if spec.architecture == "gated":
-        return GatedTrainingSAE(
-            GatedTrainingSAEConfig(
-                **common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm
-            )
-        )
+        return GatedTrainingSAE(GatedTrainingSAEConfig(**common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm))
     if spec.architecture == "topk":
         return TopKTrainingSAE(TopKTrainingSAEConfig(**common, k=spec.k))
     raise ValueError(spec.architecture)
@@ -127,9 +117,7 @@ def train_one(
         save_final_checkpoint=False,
         n_batches_for_norm_estimate=1,
     )
-    trainer = SAETrainer(
-        cfg=tcfg, sae=sae, data_provider=_batches(acts, settings.batch_size, sae_seed)
-    )
+    trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_batches(acts, settings.batch_size, sae_seed))
     # the factor was measured on the whole buffer; preset so fit() does not re-estimate it
     # (it folds it into the weights at the end either way)
     trainer.activation_scaler.scaling_factor = scale

@@ -24,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 from sensdir.tasks.first_letter import SUFFIX
 from sensdir.tasks.ioi import (
@@ -82,8 +83,7 @@ def make_ioi(io: str, s: str, io_pos: int, template: int, place: str, obj: str) 
     return make_prompt(_ALL_TEMPLATES, io, s, io_pos, template, place, obj)
 
 
-def sample_ioi(rng: random.Random, split: IOISplit = "train",
-               templates: Sequence[int] | None = None) -> IOIExample:
+def sample_ioi(rng: random.Random, split: IOISplit = "train", templates: Sequence[int] | None = None) -> IOIExample:
     """One IOI example.
 
     ``train``: training templates and name pairs; ``heldout_pairs``: training templates with
@@ -102,8 +102,7 @@ def sample_ioi(rng: random.Random, split: IOISplit = "train",
         io, s = rng.sample(NAMES, 2)
         if is_heldout_pair(io, s) == want_heldout_pair:
             break
-    return make_ioi(io, s, rng.randrange(2), rng.choice(allowed), rng.choice(PLACES),
-                    rng.choice(OBJECTS))
+    return make_ioi(io, s, rng.randrange(2), rng.choice(allowed), rng.choice(PLACES), rng.choice(OBJECTS))
 
 
 def ioi_eval_set(split: IOISplit, n: int, seed: int = 0) -> list[IOIExample]:
@@ -135,8 +134,7 @@ def select_words(vocab: Iterable[str], corpus_texts: Sequence[str], min_count: i
 
 def make_first_letter(word: str) -> FirstLetterExample:
     letter = word[0].upper()
-    return FirstLetterExample(prompt=FIRST_LETTER_TEMPLATE.format(word=word), answer=" " + letter,
-                              word=word, letter=letter)
+    return FirstLetterExample(prompt=FIRST_LETTER_TEMPLATE.format(word=word), answer=" " + letter, word=word, letter=letter)
 
 
 def split_words(words: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -146,8 +144,9 @@ def split_words(words: Sequence[str]) -> tuple[list[str], list[str]]:
     return seen, unseen
 
 
-def first_letter_eval_set(words: Sequence[str], split: Literal["seen", "unseen"], n: int | None = None,
-                          seed: int = 0) -> list[FirstLetterExample]:
+def first_letter_eval_set(
+    words: Sequence[str], split: Literal["seen", "unseen"], n: int | None = None, seed: int = 0
+) -> list[FirstLetterExample]:
     seen, unseen = split_words(words)
     pool = seen if split == "seen" else unseen
     if n is not None and n < len(pool):

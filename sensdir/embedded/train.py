@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,12 +43,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Train the sensdir embedded model.")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-dir", type=Path, default=None,
-                    help="prepared data (built here if it has no manifest.json); "
-                         "default ~/.cache/sensdir/embedded-data-<python>")
-    ap.add_argument("--tokenizer", type=Path, default=None,
-                    help="tokenizer directory to use when building the data (default: the shipped "
-                         "one if present, else train a new one)")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="prepared data (built here if it has no manifest.json); default ~/.cache/sensdir/embedded-data-<python>",
+    )
+    ap.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer directory to use when building the data (default: the shipped one if present, else train a new one)",
+    )
     ap.add_argument("--new-tokenizer", action="store_true", help="train a new tokenizer")
     ap.add_argument("--out", type=Path, default=Path("outputs/embedded_model"))
     ap.add_argument("--tokens", type=float, default=80e6, help="training tokens (input positions)")
@@ -59,8 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
-    ap.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
-                    help="autocast: auto = bf16 on CUDA, none on CPU")
+    ap.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto", help="autocast: auto = bf16 on CUDA, none on CPU")
     ap.add_argument("--eval-every", type=int, default=250, help="steps between progress evaluations (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     return ap.parse_args(argv)
@@ -77,8 +83,9 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    )
     amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
     if device.type == "cuda":
         # warn_only: an op without a deterministic kernel warns instead of aborting a long run.
@@ -91,8 +98,7 @@ def main(argv=None) -> dict:
     if not (data_dir / "manifest.json").exists():
         from .data import prepare
 
-        tok_dir = None if args.new_tokenizer else (args.tokenizer or
-                                                   (SHIPPED_TOKENIZER if SHIPPED_TOKENIZER.exists() else None))
+        tok_dir = None if args.new_tokenizer else (args.tokenizer or (SHIPPED_TOKENIZER if SHIPPED_TOKENIZER.exists() else None))
         print(f"preparing data in {data_dir} (tokenizer: {tok_dir or 'new'})", flush=True)
         prepare(data_dir, tok_dir, seed=0)
     manifest = json.loads((data_dir / "manifest.json").read_text())
@@ -127,10 +133,13 @@ def main(argv=None) -> dict:
     model.to(device)
     decay = [p for n, p in model.named_parameters() if n.split(".")[-1].startswith("W_")]
     no_decay = [p for n, p in model.named_parameters() if not n.split(".")[-1].startswith("W_")]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=device.type == "cuda",
+    )
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -153,15 +162,17 @@ def main(argv=None) -> dict:
 
     def run_eval(full: bool) -> dict:
         model.eval()
-        tasks = None if full else ("ioi_heldout_pairs", "ioi_heldout_templates",
-                                   "first_letter_seen", "first_letter_unseen")
-        kw = {} if full else {"tasks": tasks}
+        tasks = None if full else ("ioi_heldout_pairs", "ioi_heldout_templates", "first_letter_seen", "first_letter_unseen")
+        kw: dict[str, Any] = {} if full else {"tasks": tasks}
         r = evaluate_all(logits_fn, eval_json, prose_heldout, T, device, **kw)
         model.train()
         return r
 
-    print(f"device={device} amp={amp} params={model.num_params():,} steps={steps} "
-          f"batch={B}x{T} (prose {n_prose}, ioi {n_ioi}, first-letter {n_fl})", flush=True)
+    print(
+        f"device={device} amp={amp} params={model.num_params():,} steps={steps} "
+        f"batch={B}x{T} (prose {n_prose}, ioi {n_ioi}, first-letter {n_fl})",
+        flush=True,
+    )
     log: list[dict] = []
     model.train()
     t0 = time.time()
@@ -182,15 +193,23 @@ def main(argv=None) -> dict:
         loss_n += 1
         last = step == steps - 1
         if (args.eval_every and (step + 1) % args.eval_every == 0) or last:
-            entry = {"step": step + 1, "tokens": (step + 1) * B * T,
-                     "train_loss": float(loss_acc) / loss_n, "lr": lr_at(step),
-                     "elapsed_s": round(time.time() - t0, 1)}
+            entry = {
+                "step": step + 1,
+                "tokens": (step + 1) * B * T,
+                "train_loss": float(loss_acc) / loss_n,
+                "lr": lr_at(step),
+                "elapsed_s": round(time.time() - t0, 1),
+            }
             loss_acc.zero_()
             loss_n = 0
             if not last:
                 r = run_eval(full=False)
-                entry.update({"heldout_bits_per_char": r["prose_heldout"]["bits_per_char"],
-                              **{k: v["accuracy"] for k, v in r.items() if k != "prose_heldout"}})
+                entry.update(
+                    {
+                        "heldout_bits_per_char": r["prose_heldout"]["bits_per_char"],
+                        **{k: v["accuracy"] for k, v in r.items() if k != "prose_heldout"},
+                    }
+                )
             log.append(entry)
             print(json.dumps(entry), flush=True)
     train_s = time.time() - t0
@@ -204,18 +223,30 @@ def main(argv=None) -> dict:
     sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(cfg.hooked_kwargs(), indent=2) + "\n")
-    hw = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)")
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     metrics = {
         "eval_dtype": "float32 weights from training, autocast " + amp,
         "metrics": final,
         "training": {
-            "seed": args.seed, "device": str(device), "hardware": hw, "amp": amp,
-            "torch": torch.__version__, "python": sys.version.split()[0],
-            "steps": steps, "batch_rows": B, "n_ctx": T, "tokens_seen": steps * B * T,
+            "seed": args.seed,
+            "device": str(device),
+            "hardware": hw,
+            "amp": amp,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "steps": steps,
+            "batch_rows": B,
+            "n_ctx": T,
+            "tokens_seen": steps * B * T,
             "rows_per_batch": {"prose": n_prose, "ioi": n_ioi, "first_letter": n_fl},
-            "lr": args.lr, "min_lr_frac": args.min_lr_frac, "warmup": args.warmup,
-            "weight_decay": args.weight_decay, "dropout": args.dropout, "grad_clip": args.grad_clip,
-            "train_seconds": round(train_s, 1), "parameters": model.num_params(),
+            "lr": args.lr,
+            "min_lr_frac": args.min_lr_frac,
+            "warmup": args.warmup,
+            "weight_decay": args.weight_decay,
+            "dropout": args.dropout,
+            "grad_clip": args.grad_clip,
+            "train_seconds": round(train_s, 1),
+            "parameters": model.num_params(),
             "argv": sys.argv[1:] if argv is None else list(argv),
         },
         "data": manifest,

@@ -133,8 +133,7 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
     model.eval()
     if train_rows.shape[0] * (n_ctx - 1) < settings.train_tokens:
         print(
-            f"[train_saes] only {train_rows.shape[0] * (n_ctx - 1):,} train activations; "
-            "the SAEs will see some more than once",
+            f"[train_saes] only {train_rows.shape[0] * (n_ctx - 1):,} train activations; the SAEs will see some more than once",
             flush=True,
         )
     print(
@@ -197,8 +196,7 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
                 "architecture": spec.architecture,
                 "loss": spec.loss,
                 "loss_notes": (
-                    ARCH_NOTES["gated-paper"] if spec.loss == "paper"
-                    else "sae_lens's training loss for this architecture"
+                    ARCH_NOTES["gated-paper"] if spec.loss == "paper" else "sae_lens's training loss for this architecture"
                 ),
                 "k": spec.k,
                 "l1_coefficient": spec.l1_coefficient,
@@ -320,7 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = tuple(parse_spec(x) for x in a.spec)
         family = {site: specs for site in a.sites}
     run(
-        settings, out, sites=a.sites, names=a.only, smoke=a.smoke, command=command, family=family,
+        settings,
+        out,
+        sites=a.sites,
+        names=a.only,
+        smoke=a.smoke,
+        command=command,
+        family=family,
         act_cache=a.act_cache,
     )
     print(f"[train_saes] wrote {out}")

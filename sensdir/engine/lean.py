@@ -16,7 +16,9 @@ and the engine uses transformer_lens's blocks otherwise. Tests check it against 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from torch import Tensor
 from sensdir.engine.forward import norm
 
 # in place: every caller applies them to a fresh matrix product
-_ACTS = {
+_ACTS: dict[str, Callable[[Tensor], Any]] = {
     "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
     "gelu": torch.ops.aten.gelu_,
@@ -78,7 +80,7 @@ def unsupported_reason(cfg) -> str | None:
 
 @dataclass
 class _Layer:
-    block: object
+    block: Any  # a transformer_lens TransformerBlock
     W_qkv: Tensor  # [d, 3 * heads * d_head]
     b_qkv: Tensor
     W_O: Tensor  # [heads * d_head, d]
@@ -110,7 +112,8 @@ class LeanPath:
         h_ND = norm(self.cfg.normalization_type, getattr(layer.block, "ln1", None), x_ND, self.cfg.eps)
         qkv = torch.addmm(layer.b_qkv, h_ND, layer.W_qkv, out=out)
         H = self.cfg.n_heads
-        return qkv.view(x_ND.shape[0], 3, H, layer.W_qkv.shape[1] // (3 * H)).unbind(1)
+        q, k, v = qkv.view(x_ND.shape[0], 3, H, layer.W_qkv.shape[1] // (3 * H)).unbind(1)
+        return q, k, v
 
     def _add_attn_(self, layer: _Layer, x_ND: Tensor, z_NHd: Tensor) -> None:
         """x += attention output, accumulated inside the product."""

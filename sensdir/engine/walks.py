@@ -69,7 +69,7 @@ class WalkEngine:
         positions: str = "last",
         path: str = "auto",
         batch_size: int = 4096,
-        logits_mb: float = 512,
+        logits_mb: float = 512.0,
         compile: bool = False,
     ):
         self.model, self.site, self.metrics, self.positions = model, site, list(metrics), positions
@@ -82,7 +82,13 @@ class WalkEngine:
     def record(self) -> dict[str, Any]:
         """What ran, for the manifest."""
         p = next(self.model.parameters())
-        return {"path": self.path, "positions": self.positions, "compile": self.compile, "dtype": str(p.dtype).removeprefix("torch."), "device": str(p.device)}
+        return {
+            "path": self.path,
+            "positions": self.positions,
+            "compile": self.compile,
+            "dtype": str(p.dtype).removeprefix("torch."),
+            "device": str(p.device),
+        }
 
     @torch.inference_mode()
     def curves(self, clean_bTD: Float[Tensor, "b T d"], acts_BKD: Float[Tensor, "B K d"], progress=None) -> dict[str, Tensor]:
@@ -107,18 +113,18 @@ class WalkEngine:
         B, K, D = acts_BKD.shape
         T = clean_BTD.shape[1]
         out = self._empty(B, K, acts_BKD.device)
-        if self.path == "lean":
-            prefix = self.lean.prefix(clean_BTD)
-        elif self.path == "kv_cache":
-            prefix = prefix_kv(self.model, clean_BTD, self.site)
+        lean_kv = self.lean.prefix(clean_BTD) if self.lean is not None else None
+        cache_kv = prefix_kv(self.model, clean_BTD, self.site) if self.path == "kv_cache" else None
         for rows in _row_chunks(B, K, self.batch_size):
             n = rows.stop - rows.start
             acts_nKD = acts_BKD[rows].to(clean_BTD.dtype)
-            if self.path == "lean":
-                final_nKD = self.lean.run(acts_nKD, [(k[rows], v[rows]) for k, v in prefix])
-            elif self.path == "kv_cache":
+            if self.lean is not None and lean_kv is not None:
+                final_nKD = self.lean.run(acts_nKD, [(k[rows], v[rows]) for k, v in lean_kv])
+            elif cache_kv is not None:
                 prompt_N = torch.arange(rows.start, rows.stop, device=acts_nKD.device).repeat_interleave(K)
-                final_nKD = run_last_from_site(self.model, acts_nKD.reshape(n * K, D), prefix, prompt_N, self.site).reshape(n, K, D)
+                final_nKD = run_last_from_site(self.model, acts_nKD.reshape(n * K, D), cache_kv, prompt_N, self.site).reshape(
+                    n, K, D
+                )
             else:
                 resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
                 resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)

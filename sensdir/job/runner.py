@@ -104,9 +104,19 @@ def execute(cfg: SensdirConfig, make_task) -> JobResult:
     columns = _concat(task.batches())
     got = columns.get("row_id", [])
     if sorted(got) != sorted(row_ids):
-        raise RuntimeError(f"{task.kind} job {jkey} computed rows {sorted(set(got) ^ set(row_ids))[:5]} it did not plan (or missed them)")
+        raise RuntimeError(
+            f"{task.kind} job {jkey} computed rows {sorted(set(got) ^ set(row_ids))[:5]} it did not plan (or missed them)"
+        )
     t_rows = time.perf_counter()
-    meta = {"schema_version": SCHEMA_VERSION, "kind": task.kind, "config_hash": chash, "job_key": jkey, "seed": cfg.run.seed, "config": config_dict(cfg), **task.describe()}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": task.kind,
+        "config_hash": chash,
+        "job_key": jkey,
+        "seed": cfg.run.seed,
+        "config": config_dict(cfg),
+        **task.describe(),
+    }
     write_table_atomic(files.parquet, task.table(columns, meta))
     t_end = time.perf_counter()
     timings = {"prepare": t_plan - t0, "rows": t_rows - t_plan, "write": t_end - t_rows, "total": t_end - t0}

@@ -18,7 +18,13 @@ class StudyTask:
     def __init__(self, cfg: SensdirConfig, loaded: Loaded, jkey: str, study_cls: type):
         self.cfg, self.jkey, self.kind = cfg, jkey, cfg.study.name
         ctx = StudyContext(
-            cfg=cfg, model=loaded.model, sae=loaded.sae, site=loaded.site, device=loaded.device, seed=cfg.run.seed, progress=cfg.run.progress
+            cfg=cfg,
+            model=loaded.model,
+            sae=loaded.sae,
+            site=loaded.site,
+            device=loaded.device,
+            seed=cfg.run.seed,
+            progress=cfg.run.progress,
         )
         try:
             self.study = study_cls(cfg.study, ctx)

@@ -16,13 +16,13 @@ from sensdir.artifacts.schema import build_walk_table
 from sensdir.config import SensdirConfig
 from sensdir.data import load_prompts, shard_slice
 from sensdir.directions import DIRECTIONS
-from sensdir.walk_types import DirectionContext
 from sensdir.engine import WalkEngine, clean_site_resid
 from sensdir.errors import ConfigError
 from sensdir.job.runner import Loaded
 from sensdir.metrics import METRICS
 from sensdir.schedules.base import Schedule
 from sensdir.stats import compute_stats, site_activations
+from sensdir.walk_types import DirectionContext
 
 
 def _lists(x_NK: Tensor, valid_NK: Tensor) -> list[list[float | None]]:
@@ -52,7 +52,14 @@ class WalkTask:
         self.metrics = [METRICS.get(name).impl() for name in cfg.metric.names]
         eng = cfg.engine
         self.engine = WalkEngine(
-            model, site, self.metrics, positions=cfg.site.positions, path=eng.path, batch_size=eng.batch_size, logits_mb=eng.logits_mb, compile=eng.compile
+            model,
+            site,
+            self.metrics,
+            positions=cfg.site.positions,
+            path=eng.path,
+            batch_size=eng.batch_size,
+            logits_mb=eng.logits_mb,
+            compile=eng.compile,
         )
 
     def plan(self) -> list[str]:

@@ -11,7 +11,7 @@ instead, after one warning.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
@@ -35,7 +35,9 @@ def maybe_compiled(fn: Callable, enabled: bool) -> Callable:
         try:
             return compiled(*args)
         except Exception as e:  # noqa: BLE001  any backend failure: the eager kernel is exact too
-            warnings.warn(f"sensdir: torch.compile of {fn.__name__} failed ({type(e).__name__}); running it eagerly")
+            warnings.warn(
+                f"sensdir: torch.compile of {fn.__name__} failed ({type(e).__name__}); running it eagerly", stacklevel=2
+            )
             _COMPILED[fn] = None
             return fn(*args)
 

@@ -56,11 +56,12 @@ def _reduce_provenance() -> dict[str, Any]:
     from sensdir.provenance import provenance
 
     prov = provenance()
+    versions: dict[str, str | None] = prov["versions"]  # type: ignore[assignment]
     for pkg in ("scipy", "matplotlib", "wandb", "wandb-workspaces"):
         try:
-            prov["versions"][pkg] = version(pkg)
+            versions[pkg] = version(pkg)
         except PackageNotFoundError:
-            prov["versions"][pkg] = None
+            versions[pkg] = None
     return prov
 
 
@@ -131,7 +132,9 @@ def reduce_sweep(
     return result
 
 
-def _publish(wandb: str, out: Path, sweep_dir: Path, comp: Completeness, data: SweepData, table, figures, settings, reduce_prov) -> dict[str, Any]:
+def _publish(
+    wandb: str, out: Path, sweep_dir: Path, comp: Completeness, data: SweepData, table, figures, settings, reduce_prov
+) -> dict[str, Any]:
     """The W&B run of the reduce (mode ``wandb``: auto, online, offline, disabled)."""
     config = {
         "sweep_dir": str(sweep_dir.resolve()),

@@ -24,16 +24,25 @@ def main(argv: list[str] | None = None) -> int:
         default=_truthy(os.environ.get("SENSDIR_REDUCE_ALLOW_PARTIAL")),
         help="reduce incomplete data; the report lists what is missing (env SENSDIR_REDUCE_ALLOW_PARTIAL=1 also)",
     )
-    p.add_argument("--wandb", choices=MODES, default=os.environ.get("SENSDIR_REDUCE_WANDB", "auto"),
-                   help="auto: online if an API key is configured, else offline; disabled: no W&B run")
+    p.add_argument(
+        "--wandb",
+        choices=MODES,
+        default=os.environ.get("SENSDIR_REDUCE_WANDB", "auto"),
+        help="auto: online if an API key is configured, else offline; disabled: no W&B run",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs of the means")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     try:
         res = reduce_sweep(
-            a.sweep_dir, a.out, allow_partial=a.allow_partial, wandb=a.wandb,
-            n_bootstrap=a.bootstrap, seed=a.seed, progress=not a.no_progress,
+            a.sweep_dir,
+            a.out,
+            allow_partial=a.allow_partial,
+            wandb=a.wandb,
+            n_bootstrap=a.bootstrap,
+            seed=a.seed,
+            progress=not a.no_progress,
         )
     except IncompleteSweepError as e:
         print(f"sensdir.reduce: error: {e}", file=sys.stderr)
@@ -48,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  figures: {', '.join(str(p) for p in res.figures.values())}")
     print(f"  report:  {res.html}")
     if res.wandb.get("run_dir"):
-        print(f"  wandb:   {res.wandb['mode']} run {res.wandb['run_dir']}"
-              + ("  (upload with: wandb sync " + res.wandb["run_dir"] + ")" if res.wandb["mode"] == "offline" else ""))
+        print(
+            f"  wandb:   {res.wandb['mode']} run {res.wandb['run_dir']}"
+            + ("  (upload with: wandb sync " + res.wandb["run_dir"] + ")" if res.wandb["mode"] == "offline" else "")
+        )
     if res.wandb.get("report_url"):
         print(f"  wandb report: {res.wandb['report_url']}")
     return 0

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from sensdir.artifacts.layout import PARQUET, PLAN, ShardFiles, ShardId, find_job_dirs, shard_files_in
 from sensdir.artifacts.records import complete_manifest, kind_of, metadata_of_schema, read_json
 from sensdir.artifacts.schema import required_columns
+
 # How many ids of each kind the report lists in full; the counts are always exact.
 MAX_LISTED = 50
 
@@ -203,7 +204,11 @@ def _compare_rows(comp: Completeness, planned: list[pa.Array], present: list[pa.
     planned_ids = pa.chunked_array(planned, type=pa.string()).combine_chunks() if planned else pa.array([], pa.string())
     planned_unique = pc.unique(planned_ids)
     comp.n_planned = len(planned_unique)
-    counts = pc.value_counts(present_ids) if len(present_ids) else pa.StructArray.from_arrays([pa.array([], pa.string()), pa.array([], pa.int64())], ["values", "counts"])
+    counts = (
+        pc.value_counts(present_ids)
+        if len(present_ids)
+        else pa.StructArray.from_arrays([pa.array([], pa.string()), pa.array([], pa.int64())], ["values", "counts"])
+    )
     values, n = counts.field("values"), counts.field("counts")
     comp.n_present = len(values)
     dup_ids = pc.filter(values, pc.greater(n, 1))

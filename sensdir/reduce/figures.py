@@ -69,7 +69,9 @@ def _hist_cdf(data: SweepData, metrics: list[tuple[str, str]], path: Path) -> Pa
     labels, colors = group_labels(data.groups), _colors(len(data.groups))
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.8 * len(metrics)), squeeze=False)
     for row, (metric, title) in enumerate(metrics):
-        hi = max((float(data.values(metric, gi).max()) for gi in range(len(data.groups)) if len(data.values(metric, gi))), default=1.0)
+        hi = max(
+            (float(data.values(metric, gi).max()) for gi in range(len(data.groups)) if len(data.values(metric, gi))), default=1.0
+        )
         edges = np.arange(-0.5, hi + 1.5, max(1.0, np.ceil((hi + 1) / 60)))
         for gi, (label, color) in enumerate(zip(labels, colors)):
             x = data.values(metric, gi)
@@ -130,7 +132,9 @@ def make_figures(data: SweepData, table: pa.Table, out_dir: Path) -> dict[str, P
     figs: dict[str, Path | None] = {
         "curves": curves_figure(data, out_dir / "curves.png") if walks else None,
         **{
-            name: _hist_cdf(data, [(s["column"], s["label"]) for s in data.summaries() if s["figure"] == name], out_dir / f"{name}.png")
+            name: _hist_cdf(
+                data, [(s["column"], s["label"]) for s in data.summaries() if s["figure"] == name], out_dir / f"{name}.png"
+            )
             for name in dict.fromkeys(s["figure"] for s in data.summaries())
         },
         "error_pathology": error_pathology_figure(table, out_dir / "error_pathology.png"),

@@ -39,7 +39,7 @@ def _fmt(v: Any) -> str:
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for r in rows:
-        out.append("<tr>" + "".join(f'<td{" class=s" if isinstance(v, str) else ""}>{_fmt(v)}</td>' for v in r) + "</tr>")
+        out.append("<tr>" + "".join(f"<td{' class=s' if isinstance(v, str) else ''}>{_fmt(v)}</td>" for v in r) + "</tr>")
     return "\n".join(out) + "</table>"
 
 
@@ -135,7 +135,11 @@ def write_html(
         parts.append(f"<h3>Job {html.escape(jkey)}</h3><pre>" + html.escape(json.dumps(prov, indent=2, default=str)) + "</pre>")
     parts.append("<h2>Resolved configs</h2>")
     for jkey, cfg in sorted(configs.items()):
-        parts.append(f"<details><summary>{html.escape(jkey)}</summary><pre>" + html.escape(json.dumps(cfg, indent=2, default=str)) + "</pre></details>")
+        parts.append(
+            f"<details><summary>{html.escape(jkey)}</summary><pre>"
+            + html.escape(json.dumps(cfg, indent=2, default=str))
+            + "</pre></details>"
+        )
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -147,7 +147,17 @@ class _SweepReader:
         dataset = ds.dataset(sf.path, format="parquet")
         names = set(dataset.schema.names)
         summary_cols = [s["column"] for m in metrics.values() for s in m["summaries"]]
-        cols = ["row_id", "direction", "schedule", "grid_kind", *metrics, *summary_cols, "n_valid_steps", "natural_length", "grid"]
+        cols = [
+            "row_id",
+            "direction",
+            "schedule",
+            "grid_kind",
+            *metrics,
+            *summary_cols,
+            "n_valid_steps",
+            "natural_length",
+            "grid",
+        ]
         cols = [c for c in dict.fromkeys(cols) if c in names]
         skip = (self.dup_ids, pa.array(self.owned.get(str(sf.path), []), type=pa.string())) if len(self.dup_ids) else None
         for batch in dataset.to_batches(columns=cols, batch_size=batch_rows):
@@ -173,7 +183,8 @@ class _SweepReader:
         uniq, inv = np.unique(keys, return_inverse=True)
         gids = []
         for key in uniq:
-            g = Group(*str(key).split("\x1f")[:2], sae, hook, str(key).split("\x1f")[2])
+            d, s, k = str(key).split("\x1f")
+            g = Group(d, s, sae, hook, k)
             if g not in self.index:
                 self.index[g] = len(self.groups)
                 self.groups.append(g)
@@ -195,7 +206,10 @@ class _SweepReader:
             if grid is not None and self.groups[gid].grid_kind == "length":
                 self.curves[gid].add("grid", grid[rows])
             self._examples(gid, batch, rows, curves, summary_cols)
-        part = {"group": np.asarray(gids, np.int32)[inv], "kl_natural": self._kl_natural(batch, curves.get(NATURAL_METRIC), grid, kind)}
+        part = {
+            "group": np.asarray(gids, np.int32)[inv],
+            "kl_natural": self._kl_natural(batch, curves.get(NATURAL_METRIC), grid, kind),
+        }
         for name in [*summary_cols, "n_valid_steps"]:
             if name in batch.schema.names:
                 part[name] = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
@@ -230,14 +244,14 @@ class _SweepReader:
 
     def finish(self) -> SweepData:
         names = dict.fromkeys(k for part in self.parts for k in part)
-        scalars = {
-            k: np.concatenate([p.get(k, np.full(len(p["group"]), np.nan, np.float32)) for p in self.parts])
-            for k in names
-        }
+        scalars = {k: np.concatenate([p.get(k, np.full(len(p["group"]), np.nan, np.float32)) for p in self.parts]) for k in names}
         scalars.setdefault("group", np.zeros(0, np.int32))
         # A stable order, whatever order the files came in: by (schedule, SAE, hook), real first.
         groups = self.groups
-        order = sorted(range(len(groups)), key=lambda i: (groups[i].stratum, groups[i].direction != "real", groups[i].direction, groups[i].grid_kind))
+        order = sorted(
+            range(len(groups)),
+            key=lambda i: (groups[i].stratum, groups[i].direction != "real", groups[i].direction, groups[i].grid_kind),
+        )
         new_index = np.empty(max(len(groups), 1), np.int32)
         new_index[order] = np.arange(len(order), dtype=np.int32)
         scalars["group"] = new_index[scalars["group"]] if len(groups) else scalars["group"]

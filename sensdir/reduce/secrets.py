@@ -30,7 +30,10 @@ def sanitize(obj: Any, secrets: list[str] | None = None) -> Any:
     """A copy of obj with secret-looking keys' values and any known secret value redacted."""
     secrets = secret_values() if secrets is None else secrets
     if isinstance(obj, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "") else sanitize(v, secrets)) for k, v in obj.items()}
+        return {
+            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "") else sanitize(v, secrets))
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [sanitize(v, secrets) for v in obj]
     if isinstance(obj, str):

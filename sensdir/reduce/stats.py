@@ -16,6 +16,8 @@ length, for curves; null otherwise), ``value`` and ``n`` (rows behind the value)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 from scipy import stats as sps
@@ -30,6 +32,8 @@ def reference_of(direction: str) -> str:
     ``plateau:synth_struct`` the variant that starts from real activations, ``plateau:real``."""
     family, sep, _ = direction.partition(":")
     return f"{family}:{REFERENCE}" if sep else REFERENCE
+
+
 COLUMNS = ("section", "direction", "schedule", "sae", "hook", "metric", "statistic", "x", "value", "n")
 
 
@@ -142,7 +146,7 @@ def feature_l0_rows(data: SweepData) -> list[dict]:
     return rows
 
 
-def stats_table(data: SweepData, n_boot: int = 1000, seed: int = 0, extra_rows: list[dict] = ()) -> pa.Table:
+def stats_table(data: SweepData, n_boot: int = 1000, seed: int = 0, extra_rows: Sequence[dict] = ()) -> pa.Table:
     """``extra_rows``: the studies' own tidy rows (sensdir.reduce.studies)."""
     rows = summary_rows(data, n_boot, seed) + error_pathology_rows(data) + feature_l0_rows(data) + list(extra_rows)
     schema = pa.schema(

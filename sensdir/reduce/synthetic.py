@@ -34,7 +34,9 @@ class JobSpec:
     n_steps: int = 100
     schedule: str = "relative"
     grid_kind: str = "t"
-    sae: dict[str, Any] = field(default_factory=lambda: {"source": "embedded", "release": "embedded", "sae_id": "blocks.1.hook_resid_pre/l1-mid"})
+    sae: dict[str, Any] = field(
+        default_factory=lambda: {"source": "embedded", "release": "embedded", "sae_id": "blocks.1.hook_resid_pre/l1-mid"}
+    )
     hook: str = "blocks.1.hook_resid_pre"
     center: float | None = None
     natural_length: bool = False  # add a natural_length column
@@ -122,7 +124,9 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
         "prompt_index": pa.array(p_idx),
         "target_index": pa.array(np.zeros(n, np.int32)),
         "seed": pa.array(np.full(n, spec.seed, np.int64)),
-        "prompt_tokens": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * 4, 4, dtype=np.int32)), pa.array(np.zeros(4 * n, np.int32))),
+        "prompt_tokens": pa.ListArray.from_arrays(
+            pa.array(np.arange(0, (n + 1) * 4, 4, dtype=np.int32)), pa.array(np.zeros(4 * n, np.int32))
+        ),
         "grid": _list_array(np.ascontiguousarray(grid)),
         "kl": _list_array(kl, valid),
         "l2": _list_array(l2, valid),
@@ -134,8 +138,16 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
     if spec.natural_length:
         cols["natural_length"] = pa.array(rng.uniform(5, 20, n).astype(np.float32))
         fields.append(pa.field("natural_length", pa.float32(), nullable=True))
-    meta = {"schema_version": SCHEMA_VERSION, "kind": "walk", "config_hash": chash, "job_key": jkey, "seed": spec.seed, "config": config_for(spec), "metrics": {m.name: m.describe() for m in (KL, L2)},
-            "direction": {"label": spec.direction, "role": _role(spec.direction)}}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "walk",
+        "config_hash": chash,
+        "job_key": jkey,
+        "seed": spec.seed,
+        "config": config_for(spec),
+        "metrics": {m.name: m.describe() for m in (KL, L2)},
+        "direction": {"label": spec.direction, "role": _role(spec.direction)},
+    }
     schema = pa.schema(fields, metadata=schema_metadata(meta))
     return pa.Table.from_arrays([cols[f.name] for f in fields], schema=schema)
 
@@ -156,10 +168,18 @@ def write_job(sweep_dir: Path, spec: JobSpec, provenance: dict[str, Any] | None 
         parquet, manifest = files.parquet, files.manifest
         pq.write_table(table, parquet, compression="zstd")
         man = {
-            "status": "complete", "n_rows": len(ids), "shard": s, "shards": spec.shards, "parquet": parquet.name,
-            "config_hash": chash, "job_key": jkey, "seed": spec.seed, "schema_version": SCHEMA_VERSION,
+            "status": "complete",
+            "n_rows": len(ids),
+            "shard": s,
+            "shards": spec.shards,
+            "parquet": parquet.name,
+            "config_hash": chash,
+            "job_key": jkey,
+            "seed": spec.seed,
+            "schema_version": SCHEMA_VERSION,
             "config": config_for(spec),
-            "provenance": provenance or {"versions": {"sensdir": "synthetic"}, "git_commit": None, "git_dirty": None, "host": "synthetic"},
+            "provenance": provenance
+            or {"versions": {"sensdir": "synthetic"}, "git_commit": None, "git_dirty": None, "host": "synthetic"},
         }
         manifest.write_text(json.dumps(man))
     return jdir

@@ -49,7 +49,7 @@ def build_report(entity: str, project: str, run_name: str, figure_names: list[st
     import wandb_workspaces.reports.v2 as wr
 
     runset = wr.Runset(entity=entity, project=project, name="this reduce", query=run_name)
-    blocks = [
+    blocks: list[Any] = [
         wr.H1(f"sensdir sweep {sweep_name}"),
         wr.P(
             "Max-slope steps (KL and L2) and plateau lengths per direction type, KS against real, "
@@ -67,7 +67,7 @@ def build_report(entity: str, project: str, run_name: str, figure_names: list[st
         )
     )
     blocks.append(wr.H2("Figures"))
-    panels = [
+    panels: list[Any] = [
         wr.MediaBrowser(title=name, media_keys=[image_key(name)], layout=wr.Layout(x=(i % 2) * 12, y=(i // 2) * 10, w=12, h=10))
         for i, name in enumerate(figure_names)
     ]
@@ -97,7 +97,7 @@ def log_run(
     project = project or os.environ.get("WANDB_PROJECT") or PROJECT
     settings = wandb.Settings(console="off", save_code=False, disable_git=True, x_disable_stats=True)
     run = wandb.init(
-        mode=mode,
+        mode=mode,  # type: ignore[arg-type]  # checked against MODES by resolve_mode
         dir=str(out_dir),
         project=project,
         entity=entity,
@@ -122,7 +122,7 @@ def log_run(
         run.finish()
     report_url = None
     if mode == "online":
-        report = build_report(run_entity, project, run_name, list(figures), sweep_name, notes)
+        report = build_report(run_entity, project, str(run_name), list(figures), sweep_name, notes)
         report.save()
         report_url = report.url
     return {"mode": mode, "run_dir": str(run_dir), "run_id": run_id, "report_url": report_url}

@@ -25,6 +25,7 @@ class AbsoluteConfig(ScheduleConfig):
 
 @SCHEDULES.register("absolute", AbsoluteConfig)
 class Absolute(Schedule):
+    cfg: AbsoluteConfig
     accepts = ("target", "direction", "scaled_direction")
     grid_kind = "distance"
 

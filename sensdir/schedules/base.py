@@ -12,7 +12,7 @@ from sensdir.config import ScheduleConfig
 from sensdir.registry import Registry
 from sensdir.walk_types import Proposal, Walk
 
-SCHEDULES: Registry[type["Schedule"]] = Registry("schedule", "sensdir.schedules")
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule", "sensdir.schedules")
 
 
 class Schedule(ABC):

@@ -24,7 +24,6 @@ valid: unlike ``absolute``, lengths beyond ``||T - A||`` are kept (the list is t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 
@@ -35,9 +34,29 @@ from sensdir.walk_types import Proposal, Walk
 
 #: [LH24] default list: odd 1..19, 20..48 step 4, 51..91 step 10 (METHODS §2).
 DEFAULT_LENGTHS: tuple[float, ...] = (
-    1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0, 17.0, 19.0,
-    20.0, 24.0, 28.0, 32.0, 36.0, 40.0, 44.0, 48.0,
-    51.0, 61.0, 71.0, 81.0, 91.0,
+    1.0,
+    3.0,
+    5.0,
+    7.0,
+    9.0,
+    11.0,
+    13.0,
+    15.0,
+    17.0,
+    19.0,
+    20.0,
+    24.0,
+    28.0,
+    32.0,
+    36.0,
+    40.0,
+    44.0,
+    48.0,
+    51.0,
+    61.0,
+    71.0,
+    81.0,
+    91.0,
 )
 #: short list: 0.1..2.9 by 0.1 (METHODS §2); k / 10 is the float nearest to each decimal.
 SHORT_LENGTHS: tuple[float, ...] = tuple(k / 10 for k in range(1, 30))
@@ -65,7 +84,7 @@ class LengthsConfig(ScheduleConfig):
     name: str = "lengths"
     n_steps: int = 0  # 0 = derived, 1 + len(list); any other value must equal that
     preset: str = "default"  # "default" | "short"
-    lengths: Optional[tuple[float, ...]] = None  # an explicit list; overrides preset
+    lengths: tuple[float, ...] | None = None  # an explicit list; overrides preset
 
     def __post_init__(self) -> None:
         if self.lengths is not None and not isinstance(self.lengths, tuple):

@@ -30,7 +30,10 @@ class Relative(Schedule):
         target_BD = proposal.target_BD
         if target_BD is None:
             if proposal.natural_length_B is None:
-                raise ValueError("the relative schedule needs a target or a natural length; use schedule=absolute for unit directions")
+                raise ValueError(
+                    "the relative schedule needs a target or a natural length; use schedule=absolute for unit directions"
+                )
+            assert proposal.unit_BD is not None  # a Proposal has a target or a unit direction
             target_BD = base_BD + proposal.natural_length_B[:, None] * proposal.unit_BD
         B = base_BD.shape[0]
         t_K = torch.linspace(0, 1, self.n_steps, dtype=base_BD.dtype, device=base_BD.device)

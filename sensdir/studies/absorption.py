@@ -53,7 +53,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from jaxtyping import Bool, Float
@@ -74,9 +73,30 @@ from sensdir.tasks.first_letter import (
 )
 
 EPS = 1e-8  # a latent "fires" when its activation is at least this (SAEBench)
-COLUMNS = ("row_key", "letter", "sae", "architecture", "hook", "d_sae", "l0", "n_words", "n_train", "n_test",
-           "probe_f1", "probe_precision", "probe_recall", "probe_ok", "k", "main_latents", "main_latents_cos",
-           "k_sparse_f1", "n_probe_tp", "mean_absorption_fraction", "full_absorption_rate", "n_full_absorption")
+COLUMNS = (
+    "row_key",
+    "letter",
+    "sae",
+    "architecture",
+    "hook",
+    "d_sae",
+    "l0",
+    "n_words",
+    "n_train",
+    "n_test",
+    "probe_f1",
+    "probe_precision",
+    "probe_recall",
+    "probe_ok",
+    "k",
+    "main_latents",
+    "main_latents_cos",
+    "k_sparse_f1",
+    "n_probe_tp",
+    "mean_absorption_fraction",
+    "full_absorption_rate",
+    "n_full_absorption",
+)
 
 
 @dataclass(frozen=True)
@@ -84,9 +104,9 @@ class AbsorptionConfig(StudyConfig):
     name: str = "absorption"
     # the first-letter task (sensdir.tasks.first_letter)
     n_icl_examples: int = 4
-    separator: Optional[str] = None  # None: the BOS / end-of-text token; "\n" for GPT-2 (SAEBench)
+    separator: str | None = None  # None: the BOS / end-of-text token; "\n" for GPT-2 (SAEBench)
     min_word_len: int = 1  # SAEBench keeps single letters too
-    max_words: Optional[int] = None
+    max_words: int | None = None
     train_frac: float = 0.8
     probe_l2: float = 1e-3
     # k-sparse probing
@@ -102,8 +122,15 @@ class AbsorptionConfig(StudyConfig):
     batch: int = 256
 
     def task(self, seed: int) -> FirstLetterTask:
-        return FirstLetterTask(n_icl_examples=self.n_icl_examples, separator=self.separator, min_word_len=self.min_word_len,
-                               max_words=self.max_words, train_frac=self.train_frac, seed=seed, batch=self.batch)
+        return FirstLetterTask(
+            n_icl_examples=self.n_icl_examples,
+            separator=self.separator,
+            min_word_len=self.min_word_len,
+            max_words=self.max_words,
+            train_frac=self.train_frac,
+            seed=seed,
+            batch=self.batch,
+        )
 
 
 @dataclass(frozen=True)
@@ -159,9 +186,7 @@ def decoder_cos(W_dec_SD: Float[Tensor, "S d"], u_CD: Float[Tensor, "C d"]) -> F
     return un @ Wn.T
 
 
-def choose_main_latents(
-    f1_by_k: list[float], ranked: list[int], gain: float
-) -> tuple[int, list[int]]:
+def choose_main_latents(f1_by_k: list[float], ranked: list[int], gain: float) -> tuple[int, list[int]]:
     """(k, the top-k latents): k = 1, then k + 1 while F1 rises by more than ``gain`` over the
     last taken k."""
     k, best = 1, f1_by_k[0]
@@ -173,9 +198,7 @@ def choose_main_latents(
     return k, ranked[:k]
 
 
-def k_sparse_f1(
-    f_tr_NK: Float[Tensor, "N K"], y_tr: Tensor, f_te_MK: Float[Tensor, "M K"], y_te: Tensor, l2: float
-) -> float:
+def k_sparse_f1(f_tr_NK: Float[Tensor, "N K"], y_tr: Tensor, f_te_MK: Float[Tensor, "M K"], y_te: Tensor, l2: float) -> float:
     W, b = fit_logistic(f_tr_NK, y_tr.double()[:, None], l2=l2)
     return f1_score((f_te_MK.double() @ W.double().T + b.double())[:, 0] > 0, y_te)[0]
 
@@ -283,23 +306,38 @@ class Absorption(Study):
         sae, sae_cfg = self.ctx.sae, self.ctx.cfg.sae
         y, tr = data.letter_N, data.train_N
         te, N = ~tr, data.acts_ND.shape[0]
-        fixed = {"sae": sae_cfg.path or f"{sae_cfg.release}/{sae_cfg.sae_id}", "architecture": sae.cfg.architecture(),
-                 "hook": self.ctx.site.hook, "d_sae": int(sae.cfg.d_sae), "l0": float(l0), "n_words": int(N)}
+        fixed = {
+            "sae": sae_cfg.path or f"{sae_cfg.release}/{sae_cfg.sae_id}",
+            "architecture": sae.cfg.architecture(),
+            "hook": self.ctx.site.hook,
+            "d_sae": int(sae.cfg.d_sae),
+            "l0": float(l0),
+            "n_words": int(N),
+        }
         out: dict[str, list] = {k: [] for k in COLUMNS}
         for c, L in enumerate(LETTERS):
             m = tp & (y == c)
             n_tp = int(m.sum())
             pl = per_letter[c]
-            row = {"row_key": f"letter={L}", "letter": L, **fixed,
-                   "n_train": int(((y == c) & tr).sum()), "n_test": int(((y == c) & te).sum()),
-                   "probe_f1": float(probes.f1_C[c]), "probe_precision": float(probes.precision_C[c]),
-                   "probe_recall": float(probes.recall_C[c]), "probe_ok": bool(probes.f1_C[c] > self.cfg.f1_threshold),
-                   "k": int(pl["k"]), "main_latents": [int(j) for j in pl["main"]],
-                   "main_latents_cos": [float(cos_CS[c, j]) for j in pl["main"]],
-                   "k_sparse_f1": [float(v) for v in pl["f1s"]], "n_probe_tp": n_tp,
-                   "mean_absorption_fraction": float(frac_N[m].mean()) if n_tp else float("nan"),
-                   "full_absorption_rate": float(full_N[m].double().mean()) if n_tp else float("nan"),
-                   "n_full_absorption": int(full_N[m].sum())}
+            row = {
+                "row_key": f"letter={L}",
+                "letter": L,
+                **fixed,
+                "n_train": int(((y == c) & tr).sum()),
+                "n_test": int(((y == c) & te).sum()),
+                "probe_f1": float(probes.f1_C[c]),
+                "probe_precision": float(probes.precision_C[c]),
+                "probe_recall": float(probes.recall_C[c]),
+                "probe_ok": bool(probes.f1_C[c] > self.cfg.f1_threshold),
+                "k": int(pl["k"]),
+                "main_latents": [int(j) for j in pl["main"]],
+                "main_latents_cos": [float(cos_CS[c, j]) for j in pl["main"]],
+                "k_sparse_f1": [float(v) for v in pl["f1s"]],
+                "n_probe_tp": n_tp,
+                "mean_absorption_fraction": float(frac_N[m].mean()) if n_tp else float("nan"),
+                "full_absorption_rate": float(full_N[m].double().mean()) if n_tp else float("nan"),
+                "n_full_absorption": int(full_N[m].sum()),
+            }
             for k in COLUMNS:
                 out[k].append(row[k])
         return out

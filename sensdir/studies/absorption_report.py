@@ -36,17 +36,50 @@ def summarize_tables(tables, out_dir: Path) -> tuple[list[dict], dict[str, Path]
             gated = ok if len(ok) >= d["min_letters"] else []
             for stat, group in (("mean", gated), ("mean_ungated", ok), ("mean_any_f1", scored)):
                 vals = [r[metric] for r in group if r[metric] is not None and not math.isnan(r[metric])]
-                rows.append({"section": "absorption", "direction": None, "schedule": None, "sae": sae, "hook": hook,
-                             "metric": name, "statistic": stat, "x": float(d["l0"]),
-                             "value": (sum(vals) / len(vals)) if vals else None, "n": len(vals)})
+                rows.append(
+                    {
+                        "section": "absorption",
+                        "direction": None,
+                        "schedule": None,
+                        "sae": sae,
+                        "hook": hook,
+                        "metric": name,
+                        "statistic": stat,
+                        "x": float(d["l0"]),
+                        "value": (sum(vals) / len(vals)) if vals else None,
+                        "n": len(vals),
+                    }
+                )
             for L, r in sorted(d["letters"].items()):
                 v = r[metric]
-                rows.append({"section": "absorption", "direction": None, "schedule": None, "sae": sae, "hook": hook,
-                             "metric": name, "statistic": f"letter_{L}", "x": float(r["probe_f1"]),
-                             "value": None if v is None or math.isnan(v) else float(v), "n": int(r["n_probe_tp"])})
-        rows.append({"section": "absorption", "direction": None, "schedule": None, "sae": sae, "hook": hook,
-                     "metric": "letters_f1_ok", "statistic": "count", "x": float(d["l0"]), "value": float(len(ok)),
-                     "n": len(d["letters"])})
+                rows.append(
+                    {
+                        "section": "absorption",
+                        "direction": None,
+                        "schedule": None,
+                        "sae": sae,
+                        "hook": hook,
+                        "metric": name,
+                        "statistic": f"letter_{L}",
+                        "x": float(r["probe_f1"]),
+                        "value": None if v is None or math.isnan(v) else float(v),
+                        "n": int(r["n_probe_tp"]),
+                    }
+                )
+        rows.append(
+            {
+                "section": "absorption",
+                "direction": None,
+                "schedule": None,
+                "sae": sae,
+                "hook": hook,
+                "metric": "letters_f1_ok",
+                "statistic": "count",
+                "x": float(d["l0"]),
+                "value": float(len(ok)),
+                "n": len(d["letters"]),
+            }
+        )
     figs = _figures(per_sae, out_dir) if per_sae else {}
     return rows, figs
 
@@ -130,8 +163,14 @@ def _l0_figure(per_sae: dict, keys: list, out_dir: Path) -> Path:
                 if vs:
                     pts.append((d["l0"], sum(vs) / len(vs), _short(key[0])))
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=f"{title} ({what})",
-                        alpha=1.0 if only_ok else 0.6)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    style,
+                    color=color,
+                    label=f"{title} ({what})",
+                    alpha=1.0 if only_ok else 0.6,
+                )
                 for x, yv, name in pts:
                     ax.annotate(name.split("/")[-1], (x, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from sensdir.config import SensdirConfig
-    from sensdir.engine import Site
+    from sensdir.site import Site
 
-STUDIES: Registry[type["Study"]] = Registry("study", "sensdir.studies")
+STUDIES: Registry[type[Study]] = Registry("study", "sensdir.studies")
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ class StudyConfig:
 
 @dataclass
 class StudyContext:
-    cfg: "SensdirConfig"  # the whole job config (model, SAE, data, seed, ...)
+    cfg: SensdirConfig  # the whole job config (model, SAE, data, seed, ...)
     model: Any  # HookedTransformer
     sae: Any  # sae_lens SAE
-    site: "Site"
+    site: Site
     device: torch.device
     seed: int
     progress: bool = True
@@ -68,6 +68,6 @@ class Study(ABC):
     summary_section: ClassVar[str] = ""
 
     @classmethod
-    def summarize(cls, tables: list[tuple[dict, "pa.Table"]], out_dir: Path) -> tuple[list[dict], dict[str, Path]]:
+    def summarize(cls, tables: list[tuple[dict, pa.Table]], out_dir: Path) -> tuple[list[dict], dict[str, Path]]:
         """``tables``: (manifest, table) per job of this study in the sweep."""
         return [], {}

@@ -62,8 +62,29 @@ from sensdir.tasks.ioi_dictionary import MeanCodeDictionary, PromptRuns, latent_
 
 METHODS_LD = ("clean", "mean_ablation", "supervised", "sae")
 METHODS_EDIT = ("clean", "patch", "supervised", "sae")
-COLUMNS = ("row_key", "kind", "attribute", "value", "method", "sae", "hook", "ld", "ld_recovered", "fvu", "agree_cf",
-           "agree_cf_names", "agree_patch", "kl_cf", "latent", "latents", "f1", "f1_trivial", "precision", "recall", "n")
+COLUMNS = (
+    "row_key",
+    "kind",
+    "attribute",
+    "value",
+    "method",
+    "sae",
+    "hook",
+    "ld",
+    "ld_recovered",
+    "fvu",
+    "agree_cf",
+    "agree_cf_names",
+    "agree_patch",
+    "kl_cf",
+    "latent",
+    "latents",
+    "f1",
+    "f1_trivial",
+    "precision",
+    "recall",
+    "n",
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,7 @@ def _kl(p_logits, q_logits):
 
 @STUDIES.register("ioi_supervised", IoiSupervisedConfig)
 class IoiSupervised(Study):
+    cfg: IoiSupervisedConfig
     summary_section = "ioi_supervised"
 
     def __init__(self, cfg: IoiSupervisedConfig, ctx):
@@ -107,7 +129,9 @@ class IoiSupervised(Study):
         if bad or not cfg.attributes:
             raise ValueError(f"study.attributes {list(cfg.attributes)} must be a non-empty subset of {', '.join(ATTRIBUTES)}")
         if cfg.n_prompts < 10 or not 0 < cfg.test_frac < 1 or cfg.sae_k < 1 or cfg.batch < 1 or cfg.n_edit < 0:
-            raise ValueError("study.n_prompts >= 10, 0 < study.test_frac < 1, study.sae_k >= 1, study.batch >= 1 and study.n_edit >= 0 are required")
+            raise ValueError(
+                "study.n_prompts >= 10, 0 < study.test_frac < 1, study.sae_k >= 1, study.batch >= 1 and study.n_edit >= 0 are required"
+            )
         self.src = ioi_source(resolve_source(cfg.prompts, ctx.model), cfg.templates, cfg.custom_templates, cfg.names)
 
     def planned_keys(self) -> list[str]:
@@ -140,7 +164,7 @@ class IoiSupervised(Study):
         missing = {(a, v) for a in cfg.attributes for v in lab_te[a] if v not in dic.codes[a]}
         if missing:
             raise ValueError(f"no train prompt has {sorted(missing)[:3]}...; raise study.n_prompts")
-        out = {c: [] for c in COLUMNS}
+        out: dict[str, list] = {c: [] for c in COLUMNS}
         common = dict(sae=ctx.cfg.sae.path or f"{ctx.cfg.sae.release}/{ctx.cfg.sae.sae_id}", hook=ctx.site.hook)
         self._ld_rows(out, common, test, test_runs, clean, dic, lab_te)
         for a in cfg.attributes:
@@ -148,9 +172,22 @@ class IoiSupervised(Study):
         for a in cfg.attributes:
             for v in attribute_values(src, a):
                 b = best[(a, v)]
-                _add(out, row_key=f"f1={a}:{v}", kind="f1", attribute=a, value=v, method="sae", latent=int(b["latents"][0]),
-                     latents=[int(x) for x in b["latents"]], f1=b["f1"], f1_trivial=b["f1_trivial"], precision=b["precision"],
-                     recall=b["recall"], n=b["n"], **common)
+                _add(
+                    out,
+                    row_key=f"f1={a}:{v}",
+                    kind="f1",
+                    attribute=a,
+                    value=v,
+                    method="sae",
+                    latent=int(b["latents"][0]),
+                    latents=[int(x) for x in b["latents"]],
+                    f1=b["f1"],
+                    f1_trivial=b["f1_trivial"],
+                    precision=b["precision"],
+                    recall=b["recall"],
+                    n=b["n"],
+                    **common,
+                )
         return out
 
     def _best_latents(self, a_tr: Tensor, lab_tr: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
@@ -165,9 +202,15 @@ class IoiSupervised(Study):
                 f1, prec, rec = latent_f1(active, pos)
                 top = torch.topk(f1, min(cfg.sae_k, f1.numel())).indices
                 mean_act = f_tr[pos][:, top].mean(0) if pos.any() else torch.zeros(len(top), device=f_tr.device)
-                best[(a, v)] = {"latents": top, "mean": mean_act, "f1": float(f1[top[0]]), "precision": float(prec[top[0]]),
-                                "recall": float(rec[top[0]]), "n": int(pos.sum()),
-                                "f1_trivial": _f1_trivial(float(pos.float().mean()))}
+                best[(a, v)] = {
+                    "latents": top,
+                    "mean": mean_act,
+                    "f1": float(f1[top[0]]),
+                    "precision": float(prec[top[0]]),
+                    "recall": float(rec[top[0]]),
+                    "n": int(pos.sum()),
+                    "f1_trivial": _f1_trivial(float(pos.float().mean())),
+                }
         return best
 
     def _ld_rows(self, out, common, test, test_runs: PromptRuns, clean, dic: MeanCodeDictionary, lab_te) -> None:
@@ -196,8 +239,17 @@ class IoiSupervised(Study):
         fvu = {m: float(((a64 - r.double().to(a64.device)) ** 2).sum()) / var for m, r in repl.items()}
         fvu["clean"] = 0.0
         for m in METHODS_LD:
-            _add(out, row_key=f"ld={m}", kind="ld", method=m, ld=ld[m], n=len(test), fvu=fvu[m],
-                 ld_recovered=ld_recovered(ld[m], ld["clean"], ld["mean_ablation"]), **common)
+            _add(
+                out,
+                row_key=f"ld={m}",
+                kind="ld",
+                method=m,
+                ld=ld[m],
+                n=len(test),
+                fvu=fvu[m],
+                ld_recovered=ld_recovered(ld[m], ld["clean"], ld["mean_ablation"]),
+                **common,
+            )
 
     def _edit_rows(self, out, common, a: str, test, test_runs: PromptRuns, clean, dic: MeanCodeDictionary, src_all, best) -> None:
         """The ``edit=<a>/<method>`` rows: each test prompt's attribute ``a`` edited to another
@@ -215,8 +267,11 @@ class IoiSupervised(Study):
         base_runs = test_runs if n_edit == len(test) else self._runs(test[:n_edit])
         clean_logits, a_te = clean
         a0 = a_te[:n_edit]
-        edited = {"patch": a_cf, "supervised": dic.edit(a0, a, src_vals, to_vals),
-                  "sae": self._sae_edit(a0, [best[(a, v)] for v in src_vals], [best[(a, w)] for w in to_vals])}
+        edited = {
+            "patch": a_cf,
+            "supervised": dic.edit(a0, a, src_vals, to_vals),
+            "sae": self._sae_edit(a0, [best[(a, v)] for v in src_vals], [best[(a, w)] for w in to_vals]),
+        }
         logits = {"clean": clean_logits[:n_edit]}
         for m, r in edited.items():
             logits[m] = base_runs.logits(r)[0]
@@ -233,11 +288,19 @@ class IoiSupervised(Study):
         for m in METHODS_EDIT:
             lg = logits[m]
             top = lg.argmax(-1).cpu()
-            _add(out, row_key=f"edit={a}/{m}", kind="edit", attribute=a, method=m, n=n_edit,
-                 agree_cf=float((top == top_cf).float().mean()),
-                 agree_cf_names=float((name_argmax(lg) == cf_names).float().mean()),
-                 agree_patch=float((top == top_patch).float().mean()),
-                 kl_cf=float(_kl(cf_logits, lg).mean()), **common)
+            _add(
+                out,
+                row_key=f"edit={a}/{m}",
+                kind="edit",
+                attribute=a,
+                method=m,
+                n=n_edit,
+                agree_cf=float((top == top_cf).float().mean()),
+                agree_cf_names=float((name_argmax(lg) == cf_names).float().mean()),
+                agree_patch=float((top == top_patch).float().mean()),
+                kl_cf=float(_kl(cf_logits, lg).mean()),
+                **common,
+            )
 
     def _sae_edit(self, a0: Tensor, best_from: list[dict], best_to: list[dict]) -> Tensor:
         """``a + dec(f') - dec(f)``: each row's source-value latents set to 0 and its new value's
@@ -254,17 +317,28 @@ class IoiSupervised(Study):
     @classmethod
     def summarize(cls, tables, out_dir: Path):
         rows, jobs = [], []
-        for manifest, table in tables:
+        for _manifest, table in tables:
             recs = table.to_pylist()
             if not recs:
                 continue
             sae, hook = recs[0]["sae"], recs[0]["hook"]
             jobs.append((sae, hook, recs))
 
-            def tidy(metric, statistic, value, n):
-                rows.append({"section": "ioi_supervised", "direction": None, "schedule": None, "sae": sae, "hook": hook,
-                             "metric": metric, "statistic": statistic, "x": None,
-                             "value": None if value is None else float(value), "n": None if n is None else int(n)})
+            def tidy(metric, statistic, value, n, sae=sae, hook=hook):
+                rows.append(
+                    {
+                        "section": "ioi_supervised",
+                        "direction": None,
+                        "schedule": None,
+                        "sae": sae,
+                        "hook": hook,
+                        "metric": metric,
+                        "statistic": statistic,
+                        "x": None,
+                        "value": None if value is None else float(value),
+                        "n": None if n is None else int(n),
+                    }
+                )
 
             for r in recs:
                 if r["kind"] == "ld":
@@ -295,8 +369,9 @@ def _figure(jobs, out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(len(jobs), 3, figsize=(14, 3.4 * len(jobs)), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.5, 2.5, 1.3]})
+    fig, axes = plt.subplots(
+        len(jobs), 3, figsize=(14, 3.4 * len(jobs)), squeeze=False, gridspec_kw={"width_ratios": [2.5, 2.5, 1.3]}
+    )
     colors = {"clean": "#bbbbbb", "patch": "#555555", "supervised": "#1f77b4", "sae": "#ff7f0e"}
     panels = (("agree_cf_names", "agreement with p' (top name)"), ("agree_patch", "agreement with patching p'"))
     for (sae, hook, recs), row in zip(jobs, axes):

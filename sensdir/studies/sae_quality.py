@@ -27,6 +27,7 @@ class SaeQualityConfig(StudyConfig):
 
 @STUDIES.register("sae_quality", SaeQualityConfig)
 class SaeQuality(Study):
+    cfg: SaeQualityConfig
     summary_section = "sae_quality"
 
     def __init__(self, cfg: SaeQualityConfig, ctx):
@@ -85,13 +86,24 @@ class SaeQuality(Study):
     @classmethod
     def summarize(cls, tables, out_dir):
         rows, saes = [], []
-        for manifest, table in tables:
+        for _manifest, table in tables:
             for r in table.to_pylist():
                 saes.append(r)
                 for stat in ("l0", "fvu", "gamma", "ce_loss_recovered", "dead_fraction"):
-                    rows.append({"section": "sae_quality", "direction": None, "schedule": None, "sae": r["sae"],
-                                 "hook": r["hook"], "metric": r["architecture"], "statistic": stat, "x": None,
-                                 "value": float(r[stat]), "n": int(r["n_tokens"])})
+                    rows.append(
+                        {
+                            "section": "sae_quality",
+                            "direction": None,
+                            "schedule": None,
+                            "sae": r["sae"],
+                            "hook": r["hook"],
+                            "metric": r["architecture"],
+                            "statistic": stat,
+                            "x": None,
+                            "value": float(r[stat]),
+                            "n": int(r["n_tokens"]),
+                        }
+                    )
         return rows, {"sae_quality": _quality_figure(saes, out_dir / "sae_quality.png")} if saes else {}
 
 

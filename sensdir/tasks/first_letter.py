@@ -31,7 +31,7 @@ import random
 import re
 import string
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -51,9 +51,9 @@ class FirstLetterTask:
     ``absorption`` study)."""
 
     n_icl_examples: int = 4
-    separator: Optional[str] = None  # None: the model's BOS / end-of-text token
+    separator: str | None = None  # None: the model's BOS / end-of-text token
     min_word_len: int = 1  # SAEBench keeps single letters too
-    max_words: Optional[int] = None  # None: every alphabetic token; else a seeded subsample
+    max_words: int | None = None  # None: every alphabetic token; else a seeded subsample
     train_frac: float = 0.8
     seed: int = 0
     batch: int = 256
@@ -111,7 +111,7 @@ def build_prompts(model, vocab: list[tuple[int, str]], task: FirstLetterTask, tr
     rng = random.Random(f"first-letter-icl:{task.seed}")
     pools = {s: [i for i, t in enumerate(train_N) if t == s] for s in (True, False)}
     prompts = []
-    for i, (tid, text) in enumerate(vocab):
+    for i, (tid, _text) in enumerate(vocab):
         ids = [bos] if bos is not None else []
         pool = pools[train_N[i]]
         if task.n_icl_examples:
@@ -134,7 +134,9 @@ def word_activations(model, hook: str, prompts: list[list[int]], batch: int = 25
     n_ctx = model.cfg.n_ctx
     too_long = max(len(p) for p in prompts)
     if too_long > n_ctx:
-        raise ConfigError(f"first-letter task: prompts of {too_long} tokens exceed the model's n_ctx={n_ctx}; lower n_icl_examples")
+        raise ConfigError(
+            f"first-letter task: prompts of {too_long} tokens exceed the model's n_ctx={n_ctx}; lower n_icl_examples"
+        )
     device = model.cfg.device
     out = []
     for s in range(0, len(prompts), batch):
@@ -158,7 +160,9 @@ def first_letter_data(model, hook: str, task: FirstLetterTask) -> FirstLetterDat
     if task.max_words is not None:
         vocab = vocab[: task.max_words]
     if len(vocab) < 2:
-        raise ConfigError(f"first-letter task: the tokenizer has {len(vocab)} alphabetic tokens of >= {task.min_word_len} letters; need at least 2")
+        raise ConfigError(
+            f"first-letter task: the tokenizer has {len(vocab)} alphabetic tokens of >= {task.min_word_len} letters; need at least 2"
+        )
     n_train = min(max(1, int(len(vocab) * task.train_frac)), len(vocab) - 1)
     train = [i < n_train for i in range(len(vocab))]
     prompts = build_prompts(model, vocab, task, train)
@@ -191,8 +195,15 @@ def _fit_logistic(X: Tensor, Y: Tensor, l2: float, balanced: bool, max_iter: int
     weight = torch.where(Y > 0, pos_w, torch.ones_like(Y))
     W = torch.zeros(Y.shape[1], X.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(Y.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()

@@ -27,23 +27,97 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 NAMES: tuple[str, ...] = (
-    "Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark",
-    "Laura", "Peter", "Kate", "Michael", "Lisa", "Daniel", "Alice", "Robert", "Jane", "George",
-    "Susan", "Henry", "Grace", "Frank", "Helen", "Jack", "Ruth", "Martin", "Amy", "Simon",
-    "Rose", "Adam", "Claire", "Eric", "Julia", "Ben", "Lucy", "Sam", "Nancy", "Carl",
-    "Diana", "Kevin", "Fred", "Ellen", "Victor", "Joan", "Oscar", "Irene", "Tim", "Sophie",
+    "Mary",
+    "John",
+    "Tom",
+    "James",
+    "Anna",
+    "Paul",
+    "Sarah",
+    "David",
+    "Emma",
+    "Mark",
+    "Laura",
+    "Peter",
+    "Kate",
+    "Michael",
+    "Lisa",
+    "Daniel",
+    "Alice",
+    "Robert",
+    "Jane",
+    "George",
+    "Susan",
+    "Henry",
+    "Grace",
+    "Frank",
+    "Helen",
+    "Jack",
+    "Ruth",
+    "Martin",
+    "Amy",
+    "Simon",
+    "Rose",
+    "Adam",
+    "Claire",
+    "Eric",
+    "Julia",
+    "Ben",
+    "Lucy",
+    "Sam",
+    "Nancy",
+    "Carl",
+    "Diana",
+    "Kevin",
+    "Fred",
+    "Ellen",
+    "Victor",
+    "Joan",
+    "Oscar",
+    "Irene",
+    "Tim",
+    "Sophie",
 )
 
 PLACES: tuple[str, ...] = (
-    "store", "park", "school", "office", "station", "garden", "market", "library",
-    "hospital", "beach", "restaurant", "house", "museum", "church", "bank", "river",
+    "store",
+    "park",
+    "school",
+    "office",
+    "station",
+    "garden",
+    "market",
+    "library",
+    "hospital",
+    "beach",
+    "restaurant",
+    "house",
+    "museum",
+    "church",
+    "bank",
+    "river",
 )
 
 OBJECTS: tuple[str, ...] = (
-    "drink", "book", "ball", "key", "letter", "ring", "bag", "pen", "cake", "gift",
-    "phone", "map", "box", "coin", "hat", "ticket",
+    "drink",
+    "book",
+    "ball",
+    "key",
+    "letter",
+    "ring",
+    "bag",
+    "pen",
+    "cake",
+    "gift",
+    "phone",
+    "map",
+    "box",
+    "coin",
+    "hat",
+    "ticket",
 )
 
 # {A} and {B} are the two names introduced first, {S} is the repeated subject; the prompt ends
@@ -105,10 +179,46 @@ GPT2_TEMPLATES: tuple[str, ...] = (
 )
 
 GPT2_NAMES: tuple[str, ...] = (
-    "Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark",
-    "Laura", "Peter", "Kate", "Michael", "Lisa", "Daniel", "Alice", "Robert", "Jane", "George",
-    "Susan", "Henry", "Grace", "Frank", "Helen", "Jack", "Ruth", "Martin", "Amy", "Simon",
-    "Rose", "Adam", "Eric", "Julia", "Ben", "Lucy", "Sam", "Nancy", "Kevin", "Joe",
+    "Mary",
+    "John",
+    "Tom",
+    "James",
+    "Anna",
+    "Paul",
+    "Sarah",
+    "David",
+    "Emma",
+    "Mark",
+    "Laura",
+    "Peter",
+    "Kate",
+    "Michael",
+    "Lisa",
+    "Daniel",
+    "Alice",
+    "Robert",
+    "Jane",
+    "George",
+    "Susan",
+    "Henry",
+    "Grace",
+    "Frank",
+    "Helen",
+    "Jack",
+    "Ruth",
+    "Martin",
+    "Amy",
+    "Simon",
+    "Rose",
+    "Adam",
+    "Eric",
+    "Julia",
+    "Ben",
+    "Lucy",
+    "Sam",
+    "Nancy",
+    "Kevin",
+    "Joe",
 )
 
 # The GPT-2 places are the embedded ones with a more common last word; the objects are the same.
@@ -129,8 +239,9 @@ class IOISource:
     objects: tuple[str, ...]
 
 
-def ioi_source(name: str, templates: Sequence[int] = (), custom_templates: Sequence[str] = (),
-               names: Sequence[str] = ()) -> IOISource:
+def ioi_source(
+    name: str, templates: Sequence[int] = (), custom_templates: Sequence[str] = (), names: Sequence[str] = ()
+) -> IOISource:
     """The source ``name`` (``embedded`` or ``gpt2``), restricted to the template indices
     ``templates`` (default: the embedded model's training templates, or all GPT-2 ones);
     ``custom_templates`` and ``names`` replace the templates and names outright (tests, small
@@ -163,8 +274,17 @@ def ioi_source(name: str, templates: Sequence[int] = (), custom_templates: Seque
 def make_prompt(src: IOISource, io: str, s: str, io_pos: int, template: int, place: str, obj: str) -> IOIExample:
     a, b = (io, s) if io_pos == 0 else (s, io)
     prompt = src.templates[template].format(A=a, B=b, S=s, place=place, object=obj)
-    return IOIExample(prompt=prompt, answer=" " + io, io=io, s=s, io_pos=io_pos,
-                      pattern="ABB" if io_pos == 0 else "BAB", template=template, place=place, object=obj)
+    return IOIExample(
+        prompt=prompt,
+        answer=" " + io,
+        io=io,
+        s=s,
+        io_pos=io_pos,
+        pattern="ABB" if io_pos == 0 else "BAB",
+        template=template,
+        place=place,
+        object=obj,
+    )
 
 
 def sample_prompts(src: IOISource, n: int, seed: int) -> list[IOIExample]:
@@ -173,14 +293,17 @@ def sample_prompts(src: IOISource, n: int, seed: int) -> list[IOIExample]:
     out = []
     for _ in range(n):
         io, s = rng.sample(src.names, 2)
-        out.append(make_prompt(src, io, s, rng.randrange(2), rng.randrange(len(src.templates)),
-                               rng.choice(src.places), rng.choice(src.objects)))
+        out.append(
+            make_prompt(
+                src, io, s, rng.randrange(2), rng.randrange(len(src.templates)), rng.choice(src.places), rng.choice(src.objects)
+            )
+        )
     return out
 
 
 def counterfactual(src: IOISource, ex: IOIExample, attribute: str, value) -> IOIExample:
     """``ex`` with one attribute changed to ``value`` (the rest of the sentence kept)."""
-    fields = dict(io=ex.io, s=ex.s, io_pos=ex.io_pos, template=ex.template, place=ex.place, obj=ex.object)
+    fields: dict[str, Any] = dict(io=ex.io, s=ex.s, io_pos=ex.io_pos, template=ex.template, place=ex.place, obj=ex.object)
     if attribute not in ATTRIBUTES:
         raise ValueError(f"IOI attribute {attribute!r} is unknown; valid choices: {', '.join(ATTRIBUTES)}")
     fields[attribute] = int(value) if attribute == "io_pos" else str(value)
@@ -216,7 +339,8 @@ def attribute_values(src: IOISource, attribute: str) -> list[str]:
 def pair_split(examples: Sequence[IOIExample], test_frac: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, test) indices, split by unordered name pair (a hash of the pair and the seed),
     so that no test prompt shares its two names with a training prompt."""
-    train, test = [], []
+    train: list = []
+    test: list = []
     for i, ex in enumerate(examples):
         x, y = sorted((ex.io, ex.s))
         h = int.from_bytes(hashlib.sha256(f"{seed}:{x}:{y}".encode()).digest()[:8], "big") / 2**64

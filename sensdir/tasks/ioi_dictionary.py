@@ -44,7 +44,8 @@ class MeanCodeDictionary:
         a = acts_ND.double()
         u0 = a.mean(0)
         centred = a - u0
-        codes, counts = {}, {}
+        codes: dict = {}
+        counts: dict = {}
         for attr, vals in labels.items():
             if len(vals) != len(a):
                 raise ValueError(f"attribute {attr!r} has {len(vals)} labels for {len(a)} activations")
@@ -134,7 +135,7 @@ class PromptRuns:
 
     def _chunks(self):
         dev = self.model.cfg.device
-        for length, idx in sorted(self.groups.items()):
+        for _length, idx in sorted(self.groups.items()):
             for s in range(0, len(idx), self.batch):
                 sub = idx[s : s + self.batch]
                 yield sub, torch.tensor([self.ids[i] for i in sub], device=dev)
@@ -148,6 +149,7 @@ class PromptRuns:
             if out is None:
                 out = torch.empty(self.n, a.shape[-1], dtype=a.dtype, device=a.device)
             out[sub] = a
+        assert out is not None, "no prompts"
         return out
 
     @torch.inference_mode()
@@ -155,7 +157,8 @@ class PromptRuns:
         """Last-position logits with the site's last position replaced by ``replace_ND`` (None:
         clean), and the clean site activations at the last position. The clean residual at the
         site is computed on the first call and kept for the next ones."""
-        logits = acts = None
+        logits: Tensor | None = None
+        acts: Tensor | None = None
         for c, (sub, toks) in enumerate(self._chunks()):
             # the clean residual up to the site is kept: every later call only runs the blocks
             # from the site on
@@ -170,12 +173,22 @@ class PromptRuns:
             if logits is None:
                 logits = torch.empty(self.n, lg.shape[-1], dtype=lg.dtype, device=lg.device)
                 acts = torch.empty(self.n, a.shape[-1], dtype=a.dtype, device=a.device)
+            assert logits is not None and acts is not None
             logits[sub], acts[sub] = lg, a
+        assert logits is not None and acts is not None, "no prompts"
         return logits, acts
 
 
-def fit_ioi_dictionary(model, site, src: IOISource, n_prompts: int, seed: int,
-                       attributes: Sequence[str] = ATTRIBUTES, batch: int = 256, prepend_bos: bool = True) -> MeanCodeDictionary:
+def fit_ioi_dictionary(
+    model,
+    site,
+    src: IOISource,
+    n_prompts: int,
+    seed: int,
+    attributes: Sequence[str] = ATTRIBUTES,
+    batch: int = 256,
+    prepend_bos: bool = True,
+) -> MeanCodeDictionary:
     """The mean-code dictionary of ``n_prompts`` IOI prompts at the site's last position."""
     exs = sample_prompts(src, n_prompts, seed)
     acts = PromptRuns(model, site, [e.prompt for e in exs], batch, prepend_bos).site_last()
