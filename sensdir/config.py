@@ -21,6 +21,14 @@ from typing import Any
 MISSING: Any = "???"
 
 
+def bounded(
+    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+) -> Any:
+    """A numeric field with its valid range, checked at startup (``sensdir.validate``) with a
+    message naming the field; every float must also be finite."""
+    return field(default=default, metadata={"bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt}})
+
+
 class Choice(str, Enum):
     """A setting with a fixed set of values: Hydra rejects any other at composition, naming the
     valid ones. A ``str`` subclass, so comparisons, JSON and config hashes see the plain value."""
@@ -39,6 +47,7 @@ class Choice(str, Enum):
 class ModelSource(Choice):
     embedded = "embedded"  # the small model shipped in sensdir/embedded/assets (no download)
     transformer_lens = "transformer_lens"  # HookedTransformer.from_pretrained(name): the HF hub or its cache
+    toy_error_correction = "toy_error_correction"  # sensdir.toy_model, built by construction (METHODS §11)
 
 
 class Dtype(Choice):
@@ -52,11 +61,21 @@ class SaeSource(Choice):
     embedded = "embedded"  # an SAE shipped with sensdir, addressed like sae_lens as (release, sae_id)
     sae_lens = "sae_lens"  # SAE.from_pretrained(release, sae_id)
     disk = "disk"  # SAE.load_from_disk(path)
+    toy_error_correction = "toy_error_correction"  # the toy model's true features as an SAE (sensdir.toy_model)
 
 
 class DataSource(Choice):
     embedded = "embedded"  # held-out documents of the embedded model's offline corpus
     hf = "hf"  # a Hugging Face `datasets` dataset (streaming), e.g. OpenWebText
+
+
+class PlateauRule(Choice):
+    """How ``metric.plateau_l2`` becomes the threshold on final-residual L2 (METHODS §10)."""
+
+    absolute = "absolute"  # the threshold is plateau_l2 itself (GPT-2 small: 20)
+    # plateau_l2 x the median final-residual norm (last position) of the stats prompts, so the
+    # threshold follows the model's own scale
+    final_norm = "final_norm"
 
 
 class Positions(Choice):
@@ -99,11 +118,11 @@ class SiteConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: DataSource = DataSource.embedded
-    n_ctx: int = 10
+    n_ctx: int = bounded(10, ge=1)
     prepend_bos: bool = False  # METHODS §1 (choice): no BOS by default
-    n_prompts: int = 100  # base prompts per job
-    n_stats: int = 1000  # disjoint prompts for mu, Sigma, firing frequencies (METHODS §1)
-    n_pool: int = 300  # disjoint prompts whose activations serve as "other real" targets
+    n_prompts: int = bounded(100, ge=1)  # base prompts per job
+    n_stats: int = bounded(1000, ge=2)  # disjoint prompts for mu, Sigma, firing frequencies (METHODS §1)
+    n_pool: int = bounded(300, ge=1)  # disjoint prompts whose activations serve as "other real" targets
     dataset: str | None = None
     dataset_config: str | None = None
     split: str = "train"
@@ -113,27 +132,30 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    cov_eps: float = 0.01  # METHODS §1: Sigma + eps * I
+    cov_eps: float = bounded(0.01, gt=0)  # METHODS §1: Sigma + eps * I
 
 
 @dataclass(frozen=True)
 class MetricConfig:
     names: tuple[str, ...] = ("kl", "l2")  # registered metrics (sensdir.metrics), each its curve and summaries
-    ms_threshold: float = 0.02  # METHODS §4: no step rising by more than this -> n_steps - 1
-    # METHODS §4: plateau ends where l2 >= this. 20 is GPT-2 small's scale; the embedded
-    # model's presets set their own.
-    plateau_l2: float = 20.0
+    ms_threshold: float = bounded(0.02, ge=0)  # METHODS §4: no step rising by more than this -> last step
+    # (choice) rises within this fraction of the largest are ties, the earliest wins
+    ms_tie_rtol: float = bounded(1e-3, ge=0, lt=1)
+    # METHODS §4/§10: the plateau ends where l2 >= the threshold that plateau_rule makes of this
+    # (absolute: 20, GPT-2 small's scale; final_norm: a fraction of the model's own norms)
+    plateau_l2: float = bounded(20.0, gt=0)
+    plateau_rule: PlateauRule = PlateauRule.absolute
 
 
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     out_dir: str = "results"
-    seed: int = 0
-    n_targets: int = 1  # perturbations (targets) per base prompt
+    seed: int = bounded(0, ge=0)
+    n_targets: int = bounded(1, ge=1)  # perturbations (targets) per base prompt
     device: str = "auto"  # "auto" = cuda if available else cpu
-    shards: int = 1  # prompts are split into this many shards ...
-    shard: int = 0  # ... and this job computes this one
+    shards: int = bounded(1, ge=1)  # prompts are split into this many shards ...
+    shard: int = bounded(0, ge=0)  # ... and this job computes this one
     overwrite: bool = False
     progress: bool = True
 
@@ -143,9 +165,9 @@ class EngineConfig:
     """How the walks are computed; changes speed and memory, not results (beyond float
     rounding), so it is not part of a job's identity."""
 
-    batch_size: int = 4096  # perturbed activations (rows x steps) per forward pass
+    batch_size: int = bounded(4096, ge=1)  # perturbed activations (rows x steps) per forward pass
     path: EnginePath = EnginePath.auto
-    logits_mb: float = 512  # budget for the vocabulary-sized logits and log-probs
+    logits_mb: float = bounded(512.0, gt=0)  # budget for the vocabulary-sized logits and log-probs
     compile: bool = True  # fuse the KL's vocabulary passes with torch.compile (eager if that fails)
 
 

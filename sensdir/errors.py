@@ -11,3 +11,11 @@ class ConfigError(SensdirError, ValueError):
 
 class MissingResourceError(SensdirError, FileNotFoundError):
     """Weights, an SAE or data are not where the configuration says."""
+
+
+class CorruptResourceError(SensdirError, ValueError):
+    """Weights, an SAE or a config file are there but unreadable (truncated, damaged, wrong format)."""
+
+
+class OutputError(SensdirError, OSError):
+    """Results cannot be written where the configuration says (read-only folder, full disk, ...)."""

@@ -6,13 +6,15 @@ model and SAE assets here, and its prose corpus for the data loader (:func:`embe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from sensdir.config import ModelConfig, ModelSource, SaeConfig, SaeSource
-from sensdir.errors import ConfigError, MissingResourceError
+from sensdir.errors import ConfigError, CorruptResourceError, MissingResourceError, SensdirError
 from sensdir.site import Site, SiteError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -22,9 +24,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise ConfigError(f"run.device={name!r} is not a torch device (use auto, cpu, cuda, cuda:0, ...)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name!r} but CUDA is not available here (use run.device=auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"run.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -32,6 +39,21 @@ def resolve_dtype(name: str) -> torch.dtype:
         return _DTYPES[str(name)]
     except KeyError:
         raise ConfigError(f"model.dtype={name!r} is not one of {', '.join(_DTYPES)}") from None
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """A file that is there but cannot be read as ``what`` (truncated, damaged, wrong format)
+    is a ``CorruptResourceError`` naming it, not a traceback from deep inside the reader."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError, RuntimeError) as e:
+        if isinstance(e, SensdirError):
+            raise
+        why = " ".join(str(e).split())[:300] or type(e).__name__
+        raise CorruptResourceError(f"{path}: cannot be read as {what} ({type(e).__name__}: {why})") from e
 
 
 def embedded_documents(split: Literal["train", "heldout"]) -> list[str]:
@@ -54,6 +76,12 @@ def load_model(cfg: ModelConfig, device: torch.device):
             model_hint(cfg.name),
             lambda: HookedTransformer.from_pretrained(cfg.name, device=str(device), dtype=dtype),
         )
+    if cfg.source == "toy_error_correction":  # METHODS §11: built by construction, the embedded tokenizer
+        from transformers import AutoTokenizer
+
+        from sensdir.toy_model import toy_model
+
+        return toy_model(AutoTokenizer.from_pretrained(str(embedded_model_dir() / "tokenizer")), device=device, dtype=dtype)
     raise ConfigError(f"model.source={cfg.source!r} is unknown; valid choices: {', '.join(ModelSource.values())}")
 
 
@@ -76,11 +104,14 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu", dtype: torch.
             f"model weights directory {str(path)!r} lacks {', '.join(missing)}; point model.path at a directory "
             f"with config.json, model.safetensors and tokenizer/ (python -m sensdir.embedded.train writes one)"
         )
-    cfg = HookedTransformerConfig(**json.loads((path / "config.json").read_text()))
-    # transformer_lens only accepts a tokenizer reloaded through AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    with _reading(path / "config.json", "a JSON object of HookedTransformerConfig arguments"):
+        cfg = HookedTransformerConfig(**json.loads((path / "config.json").read_text()))
+    with _reading(path / "tokenizer", "a tokenizer saved by save_pretrained"):
+        # transformer_lens only accepts a tokenizer reloaded through AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    state = load_file(str(path / "model.safetensors"))
+    with _reading(path / "model.safetensors", "a safetensors file"):
+        state = load_file(str(path / "model.safetensors"))
     bad = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     # the attention masks are buffers rebuilt from n_ctx, not weights
     missing_w = [k for k in bad.missing_keys if not k.endswith(("attn.mask", "attn.IGNORE"))]
@@ -116,11 +147,17 @@ def load_sae(cfg: SaeConfig, device: torch.device):
             raise ConfigError(
                 f"sae.sae_id={cfg.sae_id!r} is not an embedded SAE; valid choices: {', '.join(embedded_sae_ids()) or '(none shipped)'}"
             )
-        return SAE.load_from_disk(path, device=str(device), dtype="float32")
+        with _reading(path, "an SAE saved by sae_lens (cfg.json and its weights)"):
+            return SAE.load_from_disk(path, device=str(device), dtype="float32")
     if cfg.source == "disk":
         if cfg.path is None or not (Path(cfg.path) / "cfg.json").is_file():
             raise MissingResourceError(f"sae.path={cfg.path!r} is not a directory saved by sae_lens (no cfg.json there)")
-        return SAE.load_from_disk(cfg.path, device=str(device), dtype="float32")
+        with _reading(Path(cfg.path), "an SAE saved by sae_lens (cfg.json and its weights)"):
+            return SAE.load_from_disk(cfg.path, device=str(device), dtype="float32")
+    if cfg.source == "toy_error_correction":
+        from sensdir.toy_model import toy_sae
+
+        return toy_sae(device=device)
     if cfg.source == "sae_lens":
         from sensdir.hub import hub_call, sae_hint
 

@@ -7,24 +7,54 @@ overrides). With ``hydra/launcher=slurm`` each job is one task of a SLURM array.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from sensdir.config import register_configs, to_config
-from sensdir.errors import SensdirError
+from sensdir.config import SensdirConfig, register_configs, to_config
+from sensdir.errors import ConfigError, SensdirError
+from sensdir.hydra_hooks import check_overrides, fail, register_resolvers
 from sensdir.job import run_job
 
 log = logging.getLogger("sensdir")
+register_resolvers()  # also in a SLURM task, which imports this module to run ``main``
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys added with ``+key=value`` that no config dataclass has (e.g. ``+data.n_prompt``)."""
+    out = []
+    cls = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else None
+    for key in node.keys():
+        if fields is not None and key not in fields:
+            out.append(f"{prefix}{key}")
+        elif OmegaConf.is_dict(node._get_node(key)):
+            out += unknown_keys(node[key], f"{prefix}{key}.")
+    return out
+
+
+def compose_config(cfg: DictConfig) -> SensdirConfig:
+    """``to_config`` with its failures (an unknown key, a value the schema rejects) as ConfigError."""
+    try:
+        return to_config(cfg)
+    except (dataclasses.FrozenInstanceError, OmegaConfBaseException, TypeError, ValueError) as e:
+        unknown = unknown_keys(cfg)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(unknown)}; python -m sensdir.run --cfg job lists the valid ones"
+            ) from e
+        raise ConfigError(f"the composed config is invalid: {type(e).__name__}: {e}") from e
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        result = run_job(to_config(cfg))
+        result = run_job(compose_config(cfg))
     except SensdirError as e:
         log.error("%s", e)
         print(f"sensdir: error: {e}", file=sys.stderr)
@@ -70,6 +100,9 @@ def expand_shards(argv: list[str]) -> list[str]:
 
 def cli() -> None:
     register_configs()
+    refused = check_overrides(sys.argv[1:])
+    if refused:
+        fail(refused)
     sys.argv[1:] = expand_shards(sys.argv[1:])
     main()
 

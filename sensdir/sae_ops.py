@@ -80,9 +80,12 @@ def nearest_in_frequency(
 
 
 def cpu_firing(stats) -> tuple[Float[Tensor, " d_sae"], Bool[Tensor, " d_sae"]]:
-    """``(firing frequency in float64, dead mask)`` of ``SiteStats`` on the CPU, where the
-    synthetic types' index bookkeeping runs (loops over the few active latents per base)."""
-    return stats.firing_freq_S.detach().to("cpu", torch.float64), stats.dead_S.detach().cpu()
+    """``(firing key, dead mask)`` of ``SiteStats`` on the CPU, where the synthetic types'
+    index bookkeeping runs (loops over the few active latents per base). The key orders latents
+    by firing frequency: the integer counts where the stats have them (exact ties, broken by
+    index), else the frequencies; float64 either way."""
+    key = stats.firing_count_S if stats.firing_count_S is not None else stats.firing_freq_S
+    return key.detach().to("cpu", torch.float64), stats.dead_S.detach().cpu()
 
 
 # --------------------------------------------------------------------------- the activation pool
@@ -134,6 +137,16 @@ def like_base(x_BD: Tensor, like_BD: Float[Tensor, "B d"], device: torch.device)
 def scaled_direction(u_BD: Tensor, length_B: Tensor, like_BD: Tensor, device: torch.device, info: dict) -> Proposal:
     """A proposal of unit directions walked to a natural length each (e.g. ||SAE(A) - A||)."""
     return Proposal(unit_BD=like_base(u_BD, like_BD, device), natural_length_B=like_base(length_B, like_BD, device), info=info)
+
+
+def match_real_norm(t_BD: Tensor, pool_PD: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """Targets rescaled to the norms of pool rows drawn as ``real`` draws its targets (uniform,
+    with replacement), and the facts to record: the pool row and the norm before matching."""
+    src_B = draw_pool_rows(pool_PD.shape[0], t_BD.shape[0], gen)
+    want_B = pool_PD[src_B.to(pool_PD.device)].double().norm(dim=-1).to(t_BD.device)
+    have_B = t_BD.double().norm(dim=-1)
+    scaled_BD = (t_BD.double() * (want_B / have_B.clamp_min(1e-12))[:, None]).to(t_BD.dtype)
+    return scaled_BD, {"norm_source_index": src_B, "unmatched_target_norm": have_B.float().cpu()}
 
 
 def target_norm(t_BD: Float[Tensor, "B d"]) -> Float[Tensor, " B"]:

@@ -45,4 +45,5 @@ def compute_stats(acts_NTD: Float[Tensor, "N T d"], sae, cfg: StatsConfig, skip_
         chol_DD=chol_DD.to(dt),
         median_norm=float(last_ND.norm(dim=-1).median()),
         firing_freq_S=fires / all_MD.shape[0],
+        firing_count_S=fires.round().long(),
     )

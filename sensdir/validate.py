@@ -7,6 +7,7 @@ A failure is a ``ConfigError`` naming the setting; the entry point prints it as 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,34 @@ def _check_choices(cfg: SensdirConfig) -> None:
                     raise ConfigError(f"{section.name}.{name}={value!r} is not valid; valid choices: {valid}")
 
 
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
+
+
+def _check_number(name: str, value: Any, bounds: dict[str, float | None]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} is not a finite number")
+    for kind, bound in bounds.items():
+        if bound is not None and not _BOUND_OK[kind](value, bound):
+            raise ConfigError(f"{name}={value!r} is out of range: it must be {_BOUND_TEXT[kind]} {bound}")
+
+
+def check_numbers(cfg: Any, prefix: str = "") -> None:
+    """Every numeric setting finite and inside the range its field declares
+    (``sensdir.config.bounded``), in every section and plugin config."""
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_numbers(value, f"{name}.")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                _check_number(f"{name}[{i}]", v, {})
+        else:
+            _check_number(name, value, f.metadata.get("bounds", {}))
+
+
 def _check_run(cfg: SensdirConfig) -> None:
     run, eng = cfg.run, cfg.engine
     if run.shards < 1 or not 0 <= run.shard < run.shards:
@@ -73,6 +102,7 @@ def validate_study(cfg: SensdirConfig):
 
     entry = _entry("study", STUDIES, cfg.study)
     _check_choices(cfg)
+    check_numbers(cfg)
     if cfg.run.shards != 1:
         raise ConfigError(f"study {cfg.study.name!r} runs as one job; drop run.shards={cfg.run.shards}")
     return entry
@@ -90,12 +120,14 @@ def validate_walks(cfg: SensdirConfig) -> Schedule:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     returns = direction.impl.returns_for(cfg.direction)
+    direction.impl.check_job(cfg)
     if returns not in schedule.accepts:
         able = ", ".join(e.name for e in SCHEDULES.entries() if returns in e.impl.accepts)
         raise ConfigError(
             f"direction {cfg.direction.name!r} gives a {returns}, which schedule {cfg.schedule.name!r} cannot walk; schedules that can: {able}"
         )
     _check_choices(cfg)
+    check_numbers(cfg)
     _check_metrics(cfg)
     _check_run(cfg)
     return schedule

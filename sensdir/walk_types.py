@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ class SiteStats:
     chol_DD: Float[Tensor, "d d"]  # lower Cholesky factor of cov_DD
     median_norm: float  # median ||A|| over the stats activations
     firing_freq_S: Float[Tensor, " d_sae"]  # fraction of stats activations where latent > 0
+    # the same as integer counts: frequency neighbours compare these, so that ties are exact
+    # and go to the smaller latent index (a float count/n would break them by rounding)
+    firing_count_S: Int[Tensor, " d_sae"] | None = None
 
     @property
     def dead_S(self) -> Tensor:

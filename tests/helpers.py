@@ -153,3 +153,24 @@ def shape_checker(fn):
         return checked(*args, **kwargs)
 
     return call
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def reseal(parquet) -> None:
+    """Record a deliberately rewritten shard's new size and sha256 in its manifest, as if the
+    job had written it (tests that hand-edit shards' contents, not their integrity)."""
+    from pathlib import Path
+
+    from sensdir.artifacts.layout import ShardFiles, ShardId
+    from sensdir.artifacts.records import file_digest, read_json, write_json_atomic
+
+    parquet = Path(parquet)
+    sid = ShardId.parse(parquet.name)
+    assert sid is not None, parquet
+    files = ShardFiles(parquet.parent, sid)
+    manifest = read_json(files.manifest)
+    assert manifest is not None, files.manifest
+    size, sha = file_digest(parquet)
+    write_json_atomic(files.manifest, {**manifest, "parquet_bytes": size, "parquet_sha256": sha})

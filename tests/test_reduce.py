@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import reseal
 from sensdir.reduce import IncompleteSweepError, reduce_sweep
 from sensdir.reduce.__main__ import main as reduce_main
 from sensdir.reduce.completeness import check_completeness
@@ -34,6 +35,7 @@ def _set_column(path: Path, name: str, values) -> None:
     i = t.schema.get_field_index(name)
     t = t.set_column(i, t.schema.field(i), pa.array(values, type=t.schema.field(i).type))
     pq.write_table(t, path)
+    reseal(path)
 
 
 def _job_dirs(sweep: Path) -> dict[str, Path]:
@@ -176,6 +178,8 @@ def test_duplicated_shard_is_detected_and_named_and_counted_once(tmp_path):
     src = next(_job_dirs(sweep)["real"].glob("shard-00000-*.parquet"))
     dup = src.with_name("shard-00000-of-00001.parquet")  # e.g. a rerun with another shard count
     shutil.copy(src, dup)
+    manifest = json.loads(src.with_name(src.name.replace(".parquet", ".manifest.json")).read_text())
+    dup.with_name("shard-00000-of-00001.manifest.json").write_text(json.dumps({**manifest, "parquet": dup.name}))
     comp = check_completeness(sweep, progress=False)
     assert not comp.ok and comp.n_duplicated_rows == 30
     files = next(iter(comp.duplicated_rows.values()))
@@ -200,6 +204,9 @@ def test_shard_with_fewer_rows_than_its_manifest_is_truncated(tmp_path):
     sweep = _sweep(tmp_path)
     victim = next(_job_dirs(sweep)["real"].glob("shard-00000-*.parquet"))
     pq.write_table(pq.read_table(victim).slice(0, 10), victim)
+    comp = check_completeness(sweep, progress=False)
+    assert list(comp.corrupt_files) == [str(victim)] and "manifest says" in comp.corrupt_files[str(victim)]
+    reseal(victim)  # the checksum matches, the row count does not
     comp = check_completeness(sweep, progress=False)
     assert list(comp.truncated_files) == [str(victim)]
     assert "10 rows, manifest says 30" in comp.truncated_files[str(victim)]
@@ -260,13 +267,17 @@ def test_wandb_mode_auto_follows_the_api_key(monkeypatch, tmp_path):
     netrc.write_text("")
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert resolve_mode("auto") == "offline"
+    for var in ("WANDB_MODE", "WANDB_DISABLED"):
+        monkeypatch.delenv(var, raising=False)
+    answers = lambda: True  # noqa: E731 - a server that answers (never asked over the network here)
+    assert resolve_mode("auto", probe=answers) == "offline"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password xyz0123456789\n")
     netrc.chmod(0o600)
-    assert resolve_mode("auto") == "online"
+    assert resolve_mode("auto", probe=answers) == "online"
     netrc.write_text("")
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    assert resolve_mode("auto") == "online"
+    assert resolve_mode("auto", probe=answers) == "online"
+    assert resolve_mode("auto", probe=lambda: False) == "offline"
     assert resolve_mode("disabled") == "disabled"
     with pytest.raises(ValueError):
         resolve_mode("cloud")

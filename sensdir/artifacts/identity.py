@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,8 +46,36 @@ def job_key(cfg: SensdirConfig) -> str:
     return f"{job_label(cfg).replace(':', '-')}-{config_hash(cfg)[:10]}"
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``run.name`` would put files outside ``run.out_dir`` (or nowhere), or None. Any
+    other name is fine, unicode and spaces included; ``a/b`` nests inside out_dir."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not name.strip() or name.strip() in (".", "./"):
+        return "is empty"
+    if "\0" in name:
+        return "contains a NUL character"
+    if PurePosixPath(name).is_absolute() or Path(name).is_absolute():
+        return "is an absolute path"
+    if ".." in parts:
+        return "contains '..'"
+    return None
+
+
+def sweep_dir(cfg: SensdirConfig) -> Path:
+    """``<run.out_dir>/<run.name>``; a name that would leave ``run.out_dir`` is a ConfigError."""
+    from sensdir.errors import ConfigError
+
+    why = name_problem(str(cfg.run.name))
+    if why is not None:
+        raise ConfigError(
+            f"run.name={cfg.run.name!r} {why}: it must be a relative name inside run.out_dir "
+            f"(e.g. run.name=my_sweep; set run.out_dir to write elsewhere)"
+        )
+    return Path(cfg.run.out_dir) / cfg.run.name
+
+
 def job_dir(cfg: SensdirConfig) -> Path:
-    return Path(cfg.run.out_dir) / cfg.run.name / job_key(cfg)
+    return sweep_dir(cfg) / job_key(cfg)
 
 
 def row_id(jkey: str, shard: int, prompt_index: int, target_index: int) -> str:

@@ -1,4 +1,6 @@
-"""File names of a sweep: ``<sweep>/<job key>/shard-<i>-of-<n>.<plan.json|parquet|manifest.json>``.
+"""File names of a sweep: ``<sweep>/<job key>/shard-<i>-of-<n>.<plan.json|parquet|manifest.json>``,
+the shard's lock ``shard-<i>-of-<n>.lock`` beside them, and the multiruns' sweep-level plans
+``<sweep>/plans/<hydra sweep folder name>.json``.
 
 The one place that spells or parses these names.
 """
@@ -10,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _STEM = re.compile(r"^shard-(\d+)-of-(\d+)$")
-PLAN, PARQUET, MANIFEST = ".plan.json", ".parquet", ".manifest.json"
-# Folders of a sweep that hold no jobs: Hydra's logs and the reduce's outputs.
-NOT_JOBS = ("hydra", "reduce")
+PLAN, PARQUET, MANIFEST, LOCK = ".plan.json", ".parquet", ".manifest.json", ".lock"
+SWEEP_PLANS = "plans"  # <sweep>/plans/<hydra sweep folder name>.json: every job a multirun will run
+# Folders of a sweep that hold no jobs: Hydra's logs, the reduce's outputs, the sweep plans.
+NOT_JOBS = ("hydra", "reduce", SWEEP_PLANS)
 
 
 @dataclass(frozen=True, order=True)
@@ -58,6 +61,18 @@ class ShardFiles:
     def manifest(self) -> Path:
         return self.job_dir / f"{self.id.stem}{MANIFEST}"
 
+    @property
+    def lock(self) -> Path:
+        return self.job_dir / f"{self.id.stem}{LOCK}"
+
+
+def sweep_plan_path(sweep_dir: Path, sweep_id: str) -> Path:
+    return Path(sweep_dir) / SWEEP_PLANS / f"{sweep_id}.json"
+
+
+def sweep_plan_files(sweep_dir: Path) -> list[Path]:
+    return sorted((Path(sweep_dir) / SWEEP_PLANS).glob("*.json"))
+
 
 def shard_files_in(job_dir: Path, suffix: str) -> dict[ShardId, Path]:
     """The files with ``suffix`` (``PLAN``, ``PARQUET``, ``MANIFEST``) of a job folder, by shard."""
@@ -76,7 +91,9 @@ def is_job_dir(d: Path) -> bool:
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's job folders, or the sweep folder itself when it is a single job's."""
     sweep_dir = Path(sweep_dir)
-    jobs = sorted(d for d in sweep_dir.iterdir() if d.is_dir() and d.name not in NOT_JOBS and is_job_dir(d))
+    jobs = sorted(
+        d for d in sweep_dir.iterdir() if d.is_dir() and d.name not in NOT_JOBS and not d.name.startswith(".") and is_job_dir(d)
+    )
     if not jobs and is_job_dir(sweep_dir):
         jobs = [sweep_dir]
     return jobs

@@ -8,14 +8,15 @@ table, so a reader needs nothing but the file.
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from sensdir.artifacts.layout import PARQUET, find_job_dirs, shard_files_in
-from sensdir.artifacts.records import METADATA_KEY, kind_of, read_metadata
+from sensdir.artifacts.layout import find_job_dirs
+from sensdir.artifacts.records import METADATA_KEY, dumps_json, kind_of, read_metadata
+from sensdir.artifacts.shards import scan_job
 
 SCHEMA_VERSION = 1
 
@@ -69,6 +70,33 @@ def direction_of(meta: dict[str, Any]) -> dict[str, Any]:
     return {"label": name, "role": LEGACY_ROLES.get(name)}
 
 
+# Direction facts the reduce tabulates per type (mean, sd): what the target is like.
+FACT_COLUMNS = {
+    "base_norm": "base norm ||A||",
+    "target_norm": "target norm ||T||",
+    "unmatched_target_norm": "target norm before norm matching",
+    "natural_length": "natural length",
+    "error_norm": "SAE error norm ||SAE(A) - A||",
+    "anchor_cos": "achieved anchor cosine (synth_struct)",
+    "base_l0": "L0 of the base's SAE code",
+    "target_l0": "L0 of the target's SAE code",
+    "start_norm": "start norm (plateau)",
+}
+
+
+def hook_of(meta: dict[str, Any]) -> str:
+    """The hook a walk shard perturbed: recorded by the job, else the config's, else read from
+    the SAE id (a site left to the SAE is the SAE's hook)."""
+    recorded = (meta.get("site") or {}).get("hook")
+    cfg = meta.get("config") or {}
+    configured = (cfg.get("site") or {}).get("hook")
+    if recorded or configured:
+        return str(recorded or configured)
+    sae_id = str((cfg.get("sae") or {}).get("sae_id") or "")
+    head = sae_id.split("/", 1)[0]
+    return head if head.startswith("blocks.") else "(the SAE's hook)"
+
+
 def metrics_of(meta: dict[str, Any]) -> dict[str, Any]:
     """The metric table a walk shard declares (``LEGACY_METRICS`` for older shards)."""
     return meta.get("metrics") or LEGACY_METRICS
@@ -85,7 +113,7 @@ def required_columns(meta: dict[str, Any]) -> list[str]:
 
 
 def schema_metadata(metadata: dict[str, Any]) -> dict[bytes, bytes]:
-    return {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()}
+    return {METADATA_KEY: dumps_json(metadata, indent=None).encode()}
 
 
 def build_walk_table(columns: dict[str, list], metric_fields: list[pa.Field], metadata: dict[str, Any]) -> pa.Table:
@@ -107,17 +135,21 @@ def build_study_table(columns: dict[str, list], metadata: dict[str, Any]) -> pa.
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def open_sweep(sweep_dir: str | Path):
-    """All walk shards of a sweep as one ``pyarrow.dataset`` (Hydra's logs, reduce outputs
-    and study tables beside them are left out)."""
+def open_sweep(sweep_dir: str | Path, verify: bool = True):
+    """All finished walk shards of a sweep as one ``pyarrow.dataset``: exactly the Parquet files
+    that complete manifests name (Hydra's logs, reduce outputs, study tables, unfinished shards
+    and any other Parquet file in a job folder are left out). With ``verify``, a file whose
+    bytes differ from its manifest's sha256 is left out too; every file left out is named in
+    one warning (``python -m sensdir.reduce`` reports them in full)."""
     import pyarrow.dataset as ds
 
-    files = [
-        str(p)
-        for jdir in find_job_dirs(Path(sweep_dir))
-        for p in shard_files_in(jdir, PARQUET).values()
-        if kind_of(read_metadata(p)) == "walk"
-    ]
+    files, left_out = [], []
+    for jdir in find_job_dirs(Path(sweep_dir)):
+        scan = scan_job(jdir, verify=verify)
+        files += [str(s.path) for s in scan.finished if kind_of(read_metadata(s.path)) == "walk"]
+        left_out += [f"{p} ({why})" for p, why in {**scan.damaged, **scan.foreign}.items()]
+    if left_out:
+        warnings.warn("open_sweep left out: " + "; ".join(left_out), stacklevel=2)
     if not files:
         raise FileNotFoundError(f"no walk shards under {sweep_dir}/*/")
     return ds.dataset(files, format="parquet")

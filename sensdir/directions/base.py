@@ -10,7 +10,8 @@ from the config: same config and seed, same proposals. What it is given and retu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -28,6 +29,18 @@ def check_choice(type_name: str, field: str, value: str, choices: tuple[str, ...
     """``ConfigError`` (a ``ValueError``) naming the valid choices when ``value`` is not one."""
     if value not in choices:
         raise ConfigError(f"{type_name}: {field}={value!r} is not valid; valid choices: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class NormMatchableConfig(DirectionConfig):
+    """A target type with an optional norm-matched variant, labelled ``<name>+norm``: each
+    target rescaled to the norm of a real activation drawn as ``real`` draws its targets, so
+    that a comparison with ``real`` can separate the target's structure from its length."""
+
+    match_norm: bool = False
+
+    def label(self) -> str:
+        return f"{self.name}+norm" if self.match_norm else self.name
 
 
 class Direction(ABC):
@@ -58,3 +71,16 @@ class Direction(ABC):
         ``base_index_B`` identifies each base prompt (so a type that draws "another" prompt
         can avoid drawing the same one); ``gen`` is a CPU generator.
         """
+
+    def propose_rows(
+        self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], target_index_B: Int[Tensor, " B"], gen: torch.Generator
+    ) -> Proposal:
+        """``propose`` for rows that also know their target index (``run.n_targets`` rows per
+        base): what the job calls. Types whose rows differ by target index (error_correction's
+        pairs and angles, METHODS §11) override it; the others ignore the index."""
+        return self.propose(base_BD, base_index_B, gen)
+
+    @classmethod
+    def check_job(cls, cfg: Any) -> None:
+        """Checks of the whole job config (e.g. ``run.n_targets``) at startup, before any model
+        is loaded; ``ConfigError`` naming the setting. Default: none."""

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sensdir.config import DirectionConfig
+from sensdir.config import DirectionConfig, bounded
 from sensdir.directions.base import DIRECTIONS, Direction
 from sensdir.errors import ConfigError
 from sensdir.sae_ops import like_base
@@ -26,12 +26,12 @@ from sensdir.walk_types import DirectionContext, Proposal
 class ProbeConfig(DirectionConfig):
     name: str = "probe"
     letter: str = "A"
-    n_icl_examples: int = 4
+    n_icl_examples: int = bounded(4, ge=0)
     separator: str | None = None
     min_word_len: int = 1  # SAEBench keeps single letters too
     max_words: int | None = None
-    train_frac: float = 0.8
-    l2: float = 1e-3
+    train_frac: float = bounded(0.8, gt=0, lt=1)
+    l2: float = bounded(1e-3, ge=0)
     seed: int = 0
 
     def label(self) -> str:

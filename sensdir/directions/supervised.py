@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sensdir.config import DirectionConfig
+from sensdir.config import DirectionConfig, bounded
 from sensdir.directions.base import DIRECTIONS, Direction
 from sensdir.tasks.ioi import ATTRIBUTES, attribute_values, ioi_source, resolve_source
 from sensdir.tasks.ioi_dictionary import fit_ioi_dictionary
@@ -43,7 +43,7 @@ class SupervisedConfig(DirectionConfig):
     templates: tuple[int, ...] = ()  # template indices of that source; () = its default set
     custom_templates: tuple[str, ...] = ()  # replace the templates ({A} {B} {S} {place} {object})
     names: tuple[str, ...] = ()  # replace the source's names
-    n_prompts: int = 1000  # IOI prompts the dictionary is fitted on
+    n_prompts: int = bounded(1000, ge=2)  # IOI prompts the dictionary is fitted on
     prompt_seed: int = 0
     prepend_bos: bool = True
 

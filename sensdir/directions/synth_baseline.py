@@ -28,9 +28,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction
-from sensdir.sae_ops import cpu_firing, l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
+from sensdir.config import bounded
+from sensdir.directions.base import DIRECTIONS, Direction, NormMatchableConfig
+from sensdir.sae_ops import cpu_firing, l0, like_base, match_real_norm, nearest_in_frequency, sae_decode, sae_encode, target_norm
 from sensdir.walk_types import DirectionContext, Proposal
 
 
@@ -48,9 +48,9 @@ class SynthCodes:
 
 
 @dataclass(frozen=True)
-class SynthBaselineConfig(DirectionConfig):
+class SynthBaselineConfig(NormMatchableConfig):
     name: str = "synth_baseline"
-    n_neighbours: int = 10
+    n_neighbours: int = bounded(10, ge=1)
 
 
 @DIRECTIONS.register("synth_baseline", SynthBaselineConfig)
@@ -92,7 +92,11 @@ class SynthBaseline(Direction):
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         codes = self.synthesize(sae_encode(self.ctx.sae, base_BD), gen)
         t_BD = like_base(sae_decode(self.ctx.sae, codes.f_new_BS), base_BD, self.ctx.device)
+        matched: dict = {}
+        if self.cfg.match_norm:
+            t_BD, matched = match_real_norm(t_BD, self.ctx.pool_PD, gen)
         info = {
+            **matched,
             "target_norm": target_norm(t_BD),
             # L0 of the code T is decoded from (equal to base_l0 by construction), not of encode(T)
             "target_l0": l0(codes.f_new_BS),

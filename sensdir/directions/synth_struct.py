@@ -16,6 +16,11 @@ With ``f = SAE.encode(A)`` and unit decoder rows ``d_j = W_dec[j] / ||W_dec[j]||
    destination for this base; the base's own active latents are allowed destinations;
 5. ``T = SAE.decode(f')`` (decoder bias included), ``f'_j = f_i``.
 
+Ties (choice, so that no batch shape can flip them): firing frequencies are compared as
+integer counts; decoder cosines are computed in float64 and compared in units of 1e-9
+(``COS_UNITS``), so "closest" is exact on those units and equal distances go to the smaller
+index (step 2: to the candidate closer in frequency).
+
 So ``f'`` keeps the L0 and the multiset of values of ``f`` and the cosine structure around the
 top latent is carried over to the anchor. The construction draws nothing at random: ``gen`` is
 unused and the same base always gives the same target. A base with no active latent gives
@@ -32,10 +37,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sensdir.config import DirectionConfig
-from sensdir.directions.base import DIRECTIONS, Direction
+from sensdir.config import bounded
+from sensdir.directions.base import DIRECTIONS, Direction, NormMatchableConfig
 from sensdir.directions.synth_baseline import SynthCodes
-from sensdir.sae_ops import cpu_firing, l0, like_base, nearest_in_frequency, sae_decode, sae_encode, target_norm
+from sensdir.sae_ops import cpu_firing, l0, like_base, match_real_norm, nearest_in_frequency, sae_decode, sae_encode, target_norm
 from sensdir.walk_types import DirectionContext, Proposal
 
 
@@ -48,11 +53,14 @@ class StructCodes(SynthCodes):
     anchor_cos_B: Float[Tensor, " B"]
 
 
+COS_UNITS = 1e9  # decoder cosines are compared in these units (a tolerance of 1e-9)
+
+
 @dataclass(frozen=True)
-class SynthStructConfig(DirectionConfig):
+class SynthStructConfig(NormMatchableConfig):
     name: str = "synth_struct"
-    anchor_cos: float = 0.42
-    n_anchor_candidates: int = 100
+    anchor_cos: float = bounded(0.42, ge=-1, le=1)
+    n_anchor_candidates: int = bounded(100, ge=1)
 
 
 @DIRECTIONS.register("synth_struct", SynthStructConfig)
@@ -67,15 +75,18 @@ class SynthStruct(Direction):
             raise ValueError(f"synth_struct: n_anchor_candidates must be >= 1, got {cfg.n_anchor_candidates}")
         self.freq_S, self.dead_S = cpu_firing(ctx.stats)
         with torch.no_grad():
-            w_SD = ctx.sae.W_dec.detach().float()
+            w_SD = ctx.sae.W_dec.detach().double()
             self.dhat_SD = w_SD / w_SD.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # SAE's device
+        self.anchor_q = round(cfg.anchor_cos * COS_UNITS)
 
     def _cos_rows(self, j_N: Int[Tensor, " n"]) -> Float[Tensor, "n d_sae"]:
-        """``cos(d_j, d_k)`` for each ``j`` in ``j_N`` and every latent ``k``: one matmul on the
-        SAE's device, returned on the CPU (float32)."""
+        """``cos(d_j, d_k)`` for each ``j`` in ``j_N`` and every latent ``k``, in integer units of
+        ``1 / COS_UNITS`` (float64 holding whole numbers, on the CPU). (choice) Cosines are
+        matched to this tolerance and exact ties go to the smaller index: the float64 product's
+        rounding, which varies with the batch shape by ~1e-16, cannot flip a match."""
         with torch.no_grad():
             rows_ND = self.dhat_SD[j_N.to(self.dhat_SD.device)]
-            return (rows_ND @ self.dhat_SD.T).cpu()
+            return torch.round((rows_ND @ self.dhat_SD.T) * COS_UNITS).cpu()
 
     def synthesize(self, f_BS: Float[Tensor, "B d_sae"], gen: torch.Generator | None = None) -> StructCodes:
         """The structured codes for each row of ``f_BS`` (deterministic; ``gen`` is unused)."""
@@ -102,12 +113,12 @@ class SynthStruct(Direction):
                 if cand_C.numel() == 0:
                     raise ValueError(f"synth_struct: no live latent other than {t} to serve as anchor (base row {b})")
                 # argmin returns the first minimum: the candidate closest in frequency wins ties
-                c_R[r] = cand_C[torch.argmin((cos_tRS[r, cand_C] - self.cfg.anchor_cos).abs())]
+                c_R[r] = cand_C[torch.argmin((cos_tRS[r, cand_C] - self.anchor_q).abs())]
             cos_cRS = self._cos_rows(c_R)
             for r, b in enumerate(rows):
                 t, c = int(t_R[r]), int(c_R[r])
                 moves[b] = self._move(f_cpu_BS[b], f_new_BS[b], t, c, cos_tRS[r], cos_cRS[r], b)
-                top_B[b], anchor_B[b], anchor_cos_B[b] = t, c, float(cos_tRS[r, c])
+                top_B[b], anchor_B[b], anchor_cos_B[b] = t, c, float(cos_tRS[r, c]) / COS_UNITS
         return StructCodes(f_cpu_BS, f_new_BS, moves, top_B, anchor_B, anchor_cos_B)
 
     def _move(
@@ -144,7 +155,11 @@ class SynthStruct(Direction):
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         codes = self.synthesize(sae_encode(self.ctx.sae, base_BD))
         t_BD = like_base(sae_decode(self.ctx.sae, codes.f_new_BS), base_BD, self.ctx.device)
+        matched: dict = {}
+        if self.cfg.match_norm:  # the only draw from gen: the construction itself is deterministic
+            t_BD, matched = match_real_norm(t_BD, self.ctx.pool_PD, gen)
         info = {
+            **matched,
             "anchor_cos": codes.anchor_cos_B,
             "target_l0": l0(codes.f_new_BS),  # L0 of f' (= base_l0), not of encode(T)
             "base_l0": l0(codes.f_BS),

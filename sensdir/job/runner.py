@@ -1,7 +1,10 @@
 """The skeleton every job shares: validate → skip if complete → load → plan → rows → write.
 
 A job's *task* (walks, or a study) knows what its rows are; the skeleton knows the files
-(``sensdir.artifacts``): the plan before any compute, the Parquet shard, then the manifest.
+(``sensdir.artifacts``): the plan before any compute, the Parquet shard, then the manifest
+with the Parquet file's sha256. A shard is computed under its lock (a second identical run
+waits, then skips it); a complete shard whose bytes no longer match its manifest is named and
+recomputed; a write that fails (read-only folder, full disk) is an ``OutputError``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,11 +21,20 @@ from typing import Any, Protocol
 import pyarrow as pa
 import torch
 
-from sensdir.artifacts.identity import config_dict, config_hash, job_key
+from sensdir.artifacts.identity import config_dict, config_hash, job_dir, job_key
 from sensdir.artifacts.layout import ShardFiles
-from sensdir.artifacts.records import is_complete, read_json, write_json_atomic, write_plan, write_table_atomic
+from sensdir.artifacts.locks import shard_lock
+from sensdir.artifacts.records import (
+    complete_manifest,
+    read_json,
+    shard_problem,
+    write_json_atomic,
+    write_plan,
+    write_table_atomic,
+)
 from sensdir.artifacts.schema import SCHEMA_VERSION
 from sensdir.config import SensdirConfig
+from sensdir.errors import OutputError, SensdirError
 from sensdir.loading import check_site, load_model, load_sae, resolve_device
 from sensdir.provenance import provenance
 from sensdir.site import Site
@@ -89,17 +102,53 @@ def _skipped(files: ShardFiles) -> JobResult:
     return JobResult(files.job_dir, files.parquet, files.manifest, n, skipped=True)
 
 
+def _done(cfg: SensdirConfig, files: ShardFiles, chash: str) -> bool:
+    """Whether the shard is complete (its bytes checked against the manifest's sha256); a
+    damaged one is named and recomputed."""
+    if cfg.run.overwrite:
+        return False
+    problem = shard_problem(files, chash)
+    if problem is not None and complete_manifest(files.manifest) is not None:
+        log.warning("recomputing %s: %s", files.parquet, problem)
+    return problem is None
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing results (read-only folder, full disk) is the user's to fix:
+    one line naming the path, through ``OutputError``."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, SensdirError):
+            raise
+        where = e.filename or path
+        raise OutputError(f"cannot write results to {where}: {e.strerror or e}") from e
+
+
 def execute(cfg: SensdirConfig, make_task) -> JobResult:
     """Run ``make_task(cfg, loaded, job_key)``'s rows into this job's shard (or skip it)."""
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
     chash, jkey = config_hash(cfg), job_key(cfg)
-    files = ShardFiles.of(Path(cfg.run.out_dir) / cfg.run.name / jkey, cfg.run.shard, cfg.run.shards)
-    if not cfg.run.overwrite and is_complete(files, chash):
+    files = ShardFiles.of(job_dir(cfg), cfg.run.shard, cfg.run.shards)
+    if _done(cfg, files, chash):
         return _skipped(files)
     loaded = load(cfg)
-    task = make_task(cfg, loaded, jkey)
+    task = make_task(cfg, loaded, jkey)  # may still reject the input: nothing is written before
+    with ExitStack() as stack:
+        with _writing(files.lock):
+            stack.enter_context(shard_lock(files.lock))
+        if _done(cfg, files, chash):  # an identical run finished it while this one waited
+            return _skipped(files)
+        return _compute(cfg, files, loaded, task, (t0, started))
+
+
+def _compute(cfg: SensdirConfig, files: ShardFiles, loaded: Loaded, task: Task, start: tuple[float, str]) -> JobResult:
+    t0, started = start
+    chash, jkey = config_hash(cfg), job_key(cfg)
     row_ids = task.plan()
-    write_plan(files, jkey, chash, row_ids)
+    with _writing(files.plan):
+        write_plan(files, jkey, chash, row_ids)
     t_plan = time.perf_counter()
     columns = _concat(task.batches())
     got = columns.get("row_id", [])
@@ -117,7 +166,9 @@ def execute(cfg: SensdirConfig, make_task) -> JobResult:
         "config": config_dict(cfg),
         **task.describe(),
     }
-    write_table_atomic(files.parquet, task.table(columns, meta))
+    table = task.table(columns, meta)
+    with _writing(files.parquet):
+        digest = write_table_atomic(files.parquet, table)
     t_end = time.perf_counter()
     timings = {"prepare": t_plan - t0, "rows": t_rows - t_plan, "write": t_end - t_rows, "total": t_end - t0}
     manifest = {
@@ -127,6 +178,7 @@ def execute(cfg: SensdirConfig, make_task) -> JobResult:
         "shard": cfg.run.shard,
         "shards": cfg.run.shards,
         "parquet": files.parquet.name,
+        **digest,
         "provenance": provenance(),
         "device": str(loaded.device),
         **task.record(),
@@ -134,7 +186,8 @@ def execute(cfg: SensdirConfig, make_task) -> JobResult:
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "timings_s": timings,
     }
-    write_json_atomic(files.manifest, manifest)
+    with _writing(files.manifest):
+        write_json_atomic(files.manifest, manifest)
     log.info("wrote %d rows (%s) -> %s", len(row_ids), jkey, files.parquet)
     return JobResult(files.job_dir, files.parquet, files.manifest, len(row_ids), skipped=False)
 

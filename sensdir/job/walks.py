@@ -4,6 +4,7 @@ every metric at every step (METHODS §2-§4)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -19,15 +20,27 @@ from sensdir.directions import DIRECTIONS
 from sensdir.engine import WalkEngine, clean_site_resid
 from sensdir.errors import ConfigError
 from sensdir.job.runner import Loaded
-from sensdir.metrics import METRICS
+from sensdir.metrics import METRICS, thresholds
 from sensdir.schedules.base import Schedule
+from sensdir.site import Site, final_hook
 from sensdir.stats import compute_stats, site_activations
-from sensdir.walk_types import DirectionContext
+from sensdir.walk_types import DirectionContext, Walk
 
 
 def _lists(x_NK: Tensor, valid_NK: Tensor) -> list[list[float | None]]:
     """Rows of a curve, null where the schedule dropped the step."""
     return [[float(v) if ok else None for v, ok in zip(row, vrow)] for row, vrow in zip(x_NK.tolist(), valid_NK.tolist())]
+
+
+PROPOSAL_CHUNK = 16  # base prompts whose activations and proposals are computed together
+
+
+@dataclass
+class _Proposed:
+    clean_bTD: Tensor
+    base_norm_b: Tensor
+    walk: Walk
+    info: dict[str, list]
 
 
 class WalkTask:
@@ -43,6 +56,9 @@ class WalkTask:
         self.base_index_B = prompts.base_index_B[sl].repeat_interleave(run.n_targets)
         self.target_index_B = torch.arange(run.n_targets).repeat(len(self.base_BT) // run.n_targets)
         stats = compute_stats(site_activations(model, prompts.stats_NT, site), loaded.sae, cfg.stats, cfg.data.prepend_bos)
+        final = Site.parse(final_hook(model.cfg.n_layers), model.cfg.n_layers)
+        final_norm = float(site_activations(model, prompts.stats_NT, final)[:, -1, :].norm(dim=-1).median())
+        self.metric_cfg, self.thresholds = thresholds.resolve(cfg.metric, final_norm)
         pool_PD = site_activations(model, prompts.pool_PT, site)[:, -1, :]
         ctx = DirectionContext(sae=loaded.sae, stats=stats, pool_PD=pool_PD, device=loaded.device, model=model, site=site)
         try:
@@ -68,7 +84,12 @@ class WalkTask:
 
     def describe(self) -> dict[str, Any]:
         direction = {"label": self.cfg.direction.label(), "role": type(self.direction).comparison_role}
-        return {"metrics": {m.name: m.describe() for m in self.metrics}, "direction": direction}
+        return {
+            "metrics": {m.name: m.describe() for m in self.metrics},
+            "direction": direction,
+            "thresholds": self.thresholds,
+            "site": {"hook": self.loaded.site.hook, "positions": str(self.cfg.site.positions)},
+        }
 
     def record(self) -> dict[str, Any]:
         return {"engine": self.engine.record()}
@@ -81,7 +102,8 @@ class WalkTask:
         # Bases are walked in blocks of a few forward batches, bounding the [B, K, d] walk tensors.
         cfg = self.cfg
         T = cfg.data.n_ctx if cfg.site.positions == "all" else 1
-        block = 4 * max(1, cfg.engine.batch_size // (self.schedule.n_steps * T))
+        per_block = max(1, 4 * cfg.engine.batch_size // (self.schedule.n_steps * T) // PROPOSAL_CHUNK)
+        block = PROPOSAL_CHUNK * per_block
         # One CPU generator, seeded once from the config (and the shard, so shards differ).
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + cfg.run.shard)
         ids = self.plan()
@@ -107,43 +129,61 @@ class WalkTask:
             "prompt_tokens": self.base_BT[rows].tolist(),
         }
 
-    def _walk_block(self, rows: slice, gen: torch.Generator, bar) -> dict[str, list]:
-        cfg, model, site = self.cfg, self.loaded.model, self.loaded.site
-        every_position = cfg.site.positions == "all"
+    def _propose(self, rows: slice, gen: torch.Generator) -> _Proposed:
+        """Clean activations, proposals and walks of a few bases, always PROPOSAL_CHUNK at a time:
+        the same batch shapes whatever the engine's batch size, so no target depends on it."""
+        model, site = self.loaded.model, self.loaded.site
+        every_position = self.cfg.site.positions == "all"
         clean_bTD = clean_site_resid(model, self.base_BT[rows].to(self.loaded.device), site)
         b, T, D = clean_bTD.shape
         # In "all" mode every position is a base with its own proposal and walk.
         base_nD = (clean_bTD.reshape(b * T, D) if every_position else clean_bTD[:, -1, :]).float()
-        index_n = self.base_index_B[rows]
+        index_n, target_n = (x[rows].repeat_interleave(T) if every_position else x[rows] for x in (self.base_index_B, self.target_index_B))
         with torch.inference_mode():
-            prop = self.direction.propose(base_nD, index_n.repeat_interleave(T) if every_position else index_n, gen)
+            prop = self.direction.propose_rows(base_nD, index_n, target_n, gen)
             walk = self.schedule.walk(base_nD, prop)
-        curves = self.engine.curves(clean_bTD, walk.acts_BKD, progress=bar)
-        valid, grid = walk.valid_BK, walk.grid_BK
-        if every_position:  # (choice) a step is kept only where every position's walk has it
-            K = walk.acts_BKD.shape[1]
+        info = _info_columns(prop, b, T if every_position else None)
+        return _Proposed(clean_bTD, base_nD.norm(dim=-1).reshape(b, -1).mean(-1), walk, info)
+
+    def _walk_block(self, rows: slice, gen: torch.Generator, bar) -> dict[str, list]:
+        n_rows = len(range(*rows.indices(len(self.base_BT))))
+        parts = [
+            self._propose(slice(i, min(i + PROPOSAL_CHUNK, rows.start + n_rows)), gen)
+            for i in range(rows.start, rows.start + n_rows, PROPOSAL_CHUNK)
+        ]
+        clean_bTD = torch.cat([p.clean_bTD for p in parts])
+        acts_BKD, valid, grid = (torch.cat([getattr(p.walk, f) for p in parts]) for f in ("acts_BKD", "valid_BK", "grid_BK"))
+        curves = self.engine.curves(clean_bTD, acts_BKD, progress=bar)
+        b, T, _ = clean_bTD.shape
+        if self.cfg.site.positions == "all":  # (choice) a step is kept only where every position's walk has it
+            K = acts_BKD.shape[1]
             valid, grid = valid.reshape(b, T, K).all(dim=1), grid.reshape(b, T, K)[:, 0]
         valid = valid.cpu()
         out: dict[str, list] = {
             "grid": grid.float().cpu().tolist(),
             "n_valid_steps": valid.sum(-1).tolist(),
-            "base_norm": base_nD.norm(dim=-1).reshape(b, -1).mean(-1).cpu().tolist(),
+            "base_norm": torch.cat([p.base_norm_b for p in parts]).cpu().tolist(),
         }
         for m in self.metrics:
             y = torch.where(valid, curves[m.name].cpu(), torch.nan)
             out[m.name] = _lists(y, valid)
             for s in m.summaries:
-                out[s.column] = s.compute(y, valid, cfg.metric).tolist()
-        return {**out, **self._info_columns(prop, b, T if every_position else None)}
-
-    @staticmethod
-    def _info_columns(prop, b: int, per_row: int | None) -> dict[str, list]:
-        """The direction type's own facts; in "all" mode one list per row, an entry per position."""
-        info = dict(prop.info)
-        if prop.natural_length_B is not None:
-            info["natural_length"] = prop.natural_length_B
-        out = {}
-        for key, val in info.items():
-            vals = val.tolist() if torch.is_tensor(val) else list(val)
-            out[key] = vals if per_row is None else [vals[i * per_row : (i + 1) * per_row] for i in range(b)]
+                value = s.compute(y, valid, self.metric_cfg)
+                out[s.column] = value.tolist()
+                if s.censored is not None and s.censored_column is not None:
+                    out[s.censored_column] = s.censored(value, valid).tolist()
+        for key in dict.fromkeys(k for p in parts for k in p.info):
+            out[key] = [v for p in parts for v in p.info.get(key, [None] * p.clean_bTD.shape[0])]
         return out
+
+
+def _info_columns(prop, b: int, per_row: int | None) -> dict[str, list]:
+    """The direction type's own facts; in "all" mode one list per row, an entry per position."""
+    info = dict(prop.info)
+    if prop.natural_length_B is not None:
+        info["natural_length"] = prop.natural_length_B
+    out = {}
+    for key, val in info.items():
+        vals = val.tolist() if torch.is_tensor(val) else list(val)
+        out[key] = vals if per_row is None else [vals[i * per_row : (i + 1) * per_row] for i in range(b)]
+    return out

@@ -70,6 +70,7 @@ def stable_walk_kl(model, logits_wKV: Tensor, final_wKD: Tensor, compiled: bool 
 class KL(Metric):
     name = "kl"
     label = "KL"
+    unit = "nats"
     summaries = (max_slope("kl", "KL"),)
 
     @torch.inference_mode()

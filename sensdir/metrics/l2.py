@@ -14,6 +14,7 @@ from sensdir.metrics.summaries import max_slope, plateau
 class L2(Metric):
     name = "l2"
     label = "L2"
+    unit = "final-residual norm units"
     summaries = (max_slope("l2", "L2"), plateau())
 
     def curve(self, final_wKD: Float[Tensor, "w K d"], readout: Readout) -> Float[Tensor, "w K"]:

@@ -6,7 +6,6 @@ first (plans against readable shards); incomplete data is refused unless ``allow
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -15,9 +14,11 @@ from typing import Any
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from sensdir.artifacts.records import dumps_json, write_text_atomic
 from sensdir.reduce.completeness import Completeness, check_completeness
 from sensdir.reduce.figures import group_labels, make_figures
 from sensdir.reduce.html import write_html
+from sensdir.reduce.outputs import check_out_dir, output_set
 from sensdir.reduce.read import SweepData, read_sweep
 from sensdir.reduce.secrets import sanitize
 from sensdir.reduce.stats import stats_table
@@ -86,50 +87,64 @@ def reduce_sweep(
     progress: bool = True,
     n_examples: int = 3,
 ) -> ReduceResult:
+    """Check, read, reduce; write the outputs as one set (``reduce.outputs``), then the W&B run.
+    An incomplete sweep (unless ``allow_partial``) leaves only ``completeness.json``."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
     out = Path(out_dir) if out_dir is not None else sweep_dir / "reduce"
-    out.mkdir(parents=True, exist_ok=True)
-
+    check_out_dir(sweep_dir, out)
     comp = check_completeness(sweep_dir, progress=progress)
-    (out / "completeness.json").write_text(json.dumps(sanitize(comp.to_dict()), indent=2))
     if not comp.shards or (not comp.ok and not allow_partial):
+        with output_set(out) as new:
+            write_text_atomic(new / "completeness.json", dumps_json(sanitize(comp.to_dict())))
         raise IncompleteSweepError(comp)
-
-    data = read_sweep(comp, n_examples=n_examples, progress=progress)
-    studies = reduce_studies(comp, out / "figures")
-    table = stats_table(data, n_boot=n_bootstrap, seed=seed, extra_rows=studies.rows)
-    table_parquet, table_csv = out / "stats.parquet", out / "stats.csv"
-    pq.write_table(table, table_parquet)
-    pcsv.write_csv(table, table_csv)
-    figures = {**make_figures(data, table, out / "figures"), **studies.figures}
+    settings = {"allow_partial": allow_partial, "n_bootstrap": n_bootstrap, "seed": seed}
+    with output_set(out) as new:
+        result, data, table, index = _write_outputs(new, out, sweep_dir, comp, settings, n_examples, progress)
     reduce_prov = sanitize(_reduce_provenance())
-    html_path = write_html(
-        out / "report.html",
+    result.wandb = _publish(wandb, out, sweep_dir, comp, data, table, result.figures, settings, reduce_prov)
+    index["wandb"] = result.wandb
+    write_text_atomic(out / "reduce.json", dumps_json(sanitize(index)))
+    return result
+
+
+def _write_outputs(
+    new: Path, out: Path, sweep_dir: Path, comp: Completeness, settings: dict[str, Any], n_examples: int, progress: bool
+) -> tuple[ReduceResult, SweepData, Any, dict[str, Any]]:
+    """Every output but the W&B run, into ``new``; paths in the result name their final place in ``out``."""
+    write_text_atomic(new / "completeness.json", dumps_json(sanitize(comp.to_dict())))
+    data = read_sweep(comp, n_examples=n_examples, progress=progress)
+    studies = reduce_studies(comp, new / "figures", n_boot=settings["n_bootstrap"], seed=settings["seed"])
+    table = stats_table(data, n_boot=settings["n_bootstrap"], seed=settings["seed"], extra_rows=studies.rows)
+    pq.write_table(table, new / "stats.parquet")
+    pcsv.write_csv(table, new / "stats.csv")
+    figures = {**make_figures(data, table, new / "figures"), **studies.figures}
+    write_html(
+        new / "report.html",
         sweep_dir=sweep_dir,
         table=table,
         figures=figures,
         comp=comp,
         configs=sanitize(data.configs),
         provenance=sanitize(data.provenance),
-        reduce_provenance=reduce_prov,
+        reduce_provenance=sanitize(_reduce_provenance()),
         study_tables=studies.tables,
+        thresholds=data.thresholds,
     )
-    settings = {"allow_partial": allow_partial, "n_bootstrap": n_bootstrap, "seed": seed}
-    wb = _publish(wandb, out, sweep_dir, comp, data, table, figures, settings, reduce_prov)
-    result = ReduceResult(out, comp, table_parquet, table_csv, figures, html_path, wb, data.n_rows)
+    final = {k: out / p.relative_to(new) for k, p in figures.items()}
     index = {
         "sweep_dir": str(sweep_dir),
         "complete": comp.ok,
         "n_rows": data.n_rows,
-        "table": [str(table_parquet), str(table_csv)],
-        "figures": {k: str(v) for k, v in figures.items()},
-        "html": str(html_path),
-        "wandb": wb,
+        "table": [str(out / "stats.parquet"), str(out / "stats.csv")],
+        "figures": {k: str(v) for k, v in final.items()},
+        "html": str(out / "report.html"),
+        "wandb": {"mode": "pending"},  # rewritten once the W&B run is done
     }
-    (out / "reduce.json").write_text(json.dumps(sanitize(index), indent=2))
-    return result
+    write_text_atomic(new / "reduce.json", dumps_json(sanitize(index)))
+    result = ReduceResult(out, comp, out / "stats.parquet", out / "stats.csv", final, out / "report.html", {}, data.n_rows)
+    return result, data, table, index
 
 
 def _publish(

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         "--wandb",
         choices=MODES,
         default=os.environ.get("SENSDIR_REDUCE_WANDB", "auto"),
-        help="auto: online if an API key is configured, else offline; disabled: no W&B run",
+        help="auto: WANDB_MODE if set, else online if an API key is configured and the server answers, else offline; "
+        "disabled (or WANDB_DISABLED=true): no W&B run. A W&B failure never fails the reduce",
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs of the means")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except IncompleteSweepError as e:
         print(f"sensdir.reduce: error: {e}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, ValueError) as e:
-        print(f"sensdir.reduce: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        where = f"{e.filename}: " if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ""
+        print(f"sensdir.reduce: error: {where}{e}", file=sys.stderr)
         return 2
     if not res.completeness.ok:
         print("sensdir.reduce: warning: partial data:\n  " + "\n  ".join(res.completeness.problems()), file=sys.stderr)
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  wandb:   {res.wandb['mode']} run {res.wandb['run_dir']}"
             + ("  (upload with: wandb sync " + res.wandb["run_dir"] + ")" if res.wandb["mode"] == "offline" else "")
         )
+    if res.wandb.get("warning"):
+        print(f"  wandb:   {res.wandb['mode']} ({res.wandb['warning']})")
     if res.wandb.get("report_url"):
         print(f"  wandb report: {res.wandb['report_url']}")
     return 0

@@ -2,10 +2,14 @@
 
 A sweep directory holds one subdirectory per job (``<direction>-<hash>/``); each job writes
 ``shard-<i>-of-<n>.plan.json`` before compute, then the ``.parquet`` shard and, last, its
-``.manifest.json`` (docs/shards.md). Here every Parquet file is first validated on its own
-(footer, required columns, row count against its manifest); a file that fails is reported by
-path and left out. Planned rows are the union of the plans' ``row_ids``; a job whose plans say
-``shards: n`` is expected to have shards ``0..n-1`` even where a plan file is gone.
+``.manifest.json`` (docs/shards.md). Only the Parquet files that complete manifests name are
+read (``sensdir.artifacts.shards``), each checked first against its manifest's size and
+sha256, then on its own (footer, required columns, row count); a file that fails is reported
+by path and what failed, and its rows count as missing. Any other Parquet file in a job folder
+is reported as foreign, a shard's file without a complete manifest as unfinished. Planned rows
+are the union of the plans' ``row_ids``; a job whose plans say ``shards: n`` is expected to
+have shards ``0..n-1`` even where a plan file is gone; shards that a multirun's sweep plan
+lists but that left no file at all are reported as never started, by name.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from sensdir.artifacts.layout import PARQUET, PLAN, ShardFiles, ShardId, find_job_dirs, shard_files_in
-from sensdir.artifacts.records import complete_manifest, kind_of, metadata_of_schema, read_json
+from sensdir.artifacts.layout import ShardFiles, ShardId, find_job_dirs
+from sensdir.artifacts.records import kind_of, metadata_of_schema, read_json
 from sensdir.artifacts.schema import required_columns
+from sensdir.artifacts.shards import scan_job
+from sensdir.artifacts.sweep_plan import never_started, read_sweep_plans
 
 # How many ids of each kind the report lists in full; the counts are always exact.
 MAX_LISTED = 50
@@ -49,9 +55,11 @@ class Completeness:
     n_planned: int = 0
     n_present: int = 0  # distinct row ids in readable files
     missing_shards: list[str] = field(default_factory=list)  # expected shard paths with no Parquet file
-    corrupt_files: dict[str, str] = field(default_factory=dict)  # path -> why it is unreadable
+    corrupt_files: dict[str, str] = field(default_factory=dict)  # path -> why it is unreadable or damaged
     truncated_files: dict[str, str] = field(default_factory=dict)  # path -> rows found vs the manifest's
     unfinished_files: list[str] = field(default_factory=list)  # Parquet without a complete manifest
+    foreign_files: dict[str, str] = field(default_factory=dict)  # Parquet files no manifest or plan names
+    never_started: list[str] = field(default_factory=list)  # shards of a sweep plan that left no file
     bad_plans: dict[str, str] = field(default_factory=dict)
     n_missing_rows: int = 0
     missing_rows: list[str] = field(default_factory=list)  # first MAX_LISTED
@@ -68,6 +76,8 @@ class Completeness:
             or self.corrupt_files
             or self.truncated_files
             or self.unfinished_files
+            or self.foreign_files
+            or self.never_started
             or self.bad_plans
             or self.n_missing_rows
             or self.n_duplicated_rows
@@ -78,7 +88,9 @@ class Completeness:
         out = [f"missing shard (no Parquet file): {p}" for p in self.missing_shards]
         out += [f"corrupt or truncated shard (unreadable): {p}: {why}" for p, why in self.corrupt_files.items()]
         out += [f"truncated shard: {p}: {why}" for p, why in self.truncated_files.items()]
-        out += [f"shard without a complete manifest: {p}" for p in self.unfinished_files]
+        out += [f"shard without a complete manifest (not read): {p}" for p in self.unfinished_files]
+        out += [f"foreign Parquet file (not read): {p}: {why}" for p, why in self.foreign_files.items()]
+        out += [f"never started (listed by the sweep plan, no file written): {d}" for d in self.never_started]
         out += [f"unreadable plan: {p}: {why}" for p, why in self.bad_plans.items()]
         if self.n_missing_rows:
             shown = ", ".join(self.missing_rows[:5]) + (", ..." if self.n_missing_rows > 5 else "")
@@ -112,6 +124,8 @@ class Completeness:
             "corrupt_files": self.corrupt_files,
             "truncated_files": self.truncated_files,
             "unfinished_files": self.unfinished_files,
+            "foreign_files": self.foreign_files,
+            "never_started": self.never_started,
             "bad_plans": self.bad_plans,
             "problems": self.problems(),
         }
@@ -140,6 +154,12 @@ def check_completeness(sweep_dir: Path, progress: bool = True) -> Completeness:
     planned: list[pa.Array] = []
     for jdir in comp.job_dirs:
         planned += _scan_job(comp, jdir)
+    _, bad_sweep_plans = read_sweep_plans(sweep_dir)
+    comp.bad_plans.update(bad_sweep_plans)
+    not_started = never_started(sweep_dir)
+    comp.never_started = [ps.describe() for ps in not_started]
+    listed = {str(ps.files(sweep_dir).parquet) for ps in not_started}
+    comp.missing_shards = [p for p in comp.missing_shards if p not in listed]
     present, owners = _read_row_ids(comp, progress)
     _compare_rows(comp, planned, present, owners)
     return comp
@@ -149,7 +169,8 @@ def _scan_job(comp: Completeness, jdir: Path) -> list[pa.Array]:
     """Plans and files of one job folder into ``comp``; returns the planned row ids."""
     planned: list[pa.Array] = []
     expected: set[ShardId] = set()
-    for sid, plan_file in shard_files_in(jdir, PLAN).items():
+    scan = scan_job(jdir, verify=True)
+    for sid, plan_file in scan.plans.items():
         # a job whose plans say ``shards: n`` is expected to have shards 0..n-1
         expected.update(sid.siblings())
         plan = read_json(plan_file)
@@ -157,23 +178,29 @@ def _scan_job(comp: Completeness, jdir: Path) -> list[pa.Array]:
             comp.bad_plans[str(plan_file)] = "not a readable plan (JSON with row_ids)"
             continue
         planned.append(pa.array(plan["row_ids"], type=pa.string()))
-    parquets = shard_files_in(jdir, PARQUET)
-    for sid in sorted(expected - set(parquets)):
-        comp.missing_shards.append(str(ShardFiles(jdir, sid).parquet))
-    for sid, path in parquets.items():
-        manifest = complete_manifest(ShardFiles(jdir, sid).manifest)
-        n_rows, corrupt, truncated, kind = _validate_file(path, manifest)
+    for sid in sorted(expected):
+        if not ShardFiles(jdir, sid).parquet.exists():
+            comp.missing_shards.append(str(ShardFiles(jdir, sid).parquet))
+    comp.corrupt_files.update(scan.damaged)
+    comp.foreign_files.update(scan.foreign)
+    comp.unfinished_files += [str(r.path) for r in scan.unfinished]
+    for rec in scan.finished:
+        manifest = rec.manifest or {}
+        n_rows, corrupt, truncated, kind = _validate_file(rec.path, manifest)
         if corrupt:
-            comp.corrupt_files[str(path)] = corrupt
+            comp.corrupt_files[str(rec.path)] = corrupt
             continue
         if truncated:
-            comp.truncated_files[str(path)] = truncated
-        if manifest is None:
-            comp.unfinished_files.append(str(path))
-        else:
-            comp.manifests.setdefault(manifest.get("job_key", jdir.name), manifest)
-        comp.shards.append(ShardFile(path, jdir, sid.stem, n_rows or 0, manifest, kind))
+            comp.truncated_files[str(rec.path)] = truncated
+        comp.manifests.setdefault(manifest.get("job_key", jdir.name), manifest)
+        comp.shards.append(ShardFile(rec.path, jdir, rec.files.id.stem, n_rows or 0, manifest, kind))
     return planned
+
+
+def _decode_all(path: Path) -> None:
+    """Decode every page of a file whose manifest has no checksum (written before checksums)."""
+    for _ in pq.ParquetFile(path).iter_batches(batch_size=65536):
+        pass
 
 
 def _read_row_ids(comp: Completeness, progress: bool) -> tuple[list[pa.Array], list[pa.Array]]:
@@ -186,6 +213,8 @@ def _read_row_ids(comp: Completeness, progress: bool) -> tuple[list[pa.Array], l
     bar = tqdm(comp.shards, desc="reduce: row ids", unit="shard", disable=not progress)
     for sf in bar:
         try:
+            if not (sf.manifest or {}).get("parquet_sha256"):
+                _decode_all(sf.path)
             ids = ds.dataset(sf.path, format="parquet").to_table(columns=["row_id"]).column("row_id").combine_chunks()
         except (OSError, pa.ArrowException) as e:
             comp.corrupt_files[str(sf.path)] = f"{type(e).__name__}: {e}"

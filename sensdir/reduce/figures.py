@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from sensdir.reduce.read import Group, SweepData  # noqa: E402
-from sensdir.reduce.stats import lookup  # noqa: E402
+from sensdir.reduce.scalars import censored_column  # noqa: E402
+from sensdir.reduce.stats import applies, lookup  # noqa: E402
 
 
 def group_labels(groups: list[Group]) -> list[str]:
@@ -58,35 +59,49 @@ def curves_figure(data: SweepData, path: Path) -> Path:
             mean = data.curves[gi].mean(name)
             if len(mean):
                 ax.plot(np.arange(len(mean)), mean, "--", color=color, lw=1.6)
-        ax.set_xlabel("step")
-        ax.set_ylabel(m["label"])
+        ax.set_xlabel("step of the walk")
+        ax.set_ylabel(f"{m['label']} ({m['unit']})" if m.get("unit") else m["label"])
         ax.set_title(f"{m['label']} per step (dots: max-slope step; dashed: mean)")
     axes[0, 0].legend(fontsize=8)
     return _save(fig, path)
 
 
-def _hist_cdf(data: SweepData, metrics: list[tuple[str, str]], path: Path) -> Path:
+def _hist_cdf(data: SweepData, summaries: list[dict], path: Path) -> Path | None:
+    """Histogram and CDF per type of each summary; rows with no event inside the walk
+    (censored, METHODS §10) are a bar of their own right of the axis, not a value on it."""
     labels, colors = group_labels(data.groups), _colors(len(data.groups))
-    fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.8 * len(metrics)), squeeze=False)
-    for row, (metric, title) in enumerate(metrics):
-        hi = max(
-            (float(data.values(metric, gi).max()) for gi in range(len(data.groups)) if len(data.values(metric, gi))), default=1.0
-        )
-        edges = np.arange(-0.5, hi + 1.5, max(1.0, np.ceil((hi + 1) / 60)))
-        for gi, (label, color) in enumerate(zip(labels, colors)):
-            x = data.values(metric, gi)
+    summaries = [s for s in summaries if any(applies(s, g) for g in data.groups) and s["column"] in data.scalars]
+    if not summaries:
+        return None
+    fig, axes = plt.subplots(len(summaries), 2, figsize=(11, 3.8 * len(summaries)), squeeze=False)
+    for row, s in enumerate(summaries):
+        groups = [gi for gi, g in enumerate(data.groups) if applies(s, g)]
+        hi = max((float(data.values(s["column"], gi).max()) for gi in groups if len(data.values(s["column"], gi))), default=1.0)
+        width = max(1.0, np.ceil((hi + 1) / 60))
+        edges = np.arange(-0.5, hi + 1.5, width)
+        at = edges[-1] + 3 * width  # where the censored bars stand, side by side
+        bar_w = 4 * width / max(1, len(groups))
+        for j, gi in enumerate(groups):
+            x, censored = data.with_flag(s["column"], censored_column(s), gi)
             if not len(x):
                 continue
-            counts, _ = np.histogram(x, bins=edges)
-            dens = counts / len(x)
-            axes[row, 0].stairs(dens, edges, color=color, label=f"{label} (n={len(x)})", lw=1.4)
-            axes[row, 1].stairs(np.cumsum(dens), edges, color=color, label=label, lw=1.4, baseline=None)
-        axes[row, 0].set_title(f"{title}: histogram")
-        axes[row, 0].set_xlabel(title)
-        axes[row, 0].set_ylabel("fraction")
-        axes[row, 1].set_title(f"{title}: CDF")
-        axes[row, 1].set_xlabel(title)
-        axes[row, 1].set_ylabel("cumulative fraction")
+            censored = np.zeros(len(x), bool) if censored is None else censored
+            dens = np.histogram(x[~censored], bins=edges)[0] / len(x)
+            frac = float(censored.mean())
+            label = f"{labels[gi]} (n={len(x)}, {frac:.0%} censored)"
+            axes[row, 0].stairs(dens, edges, color=colors[gi], label=label, lw=1.4)
+            axes[row, 0].bar(at - 2 * width + (j + 0.5) * bar_w, frac, width=bar_w, color=colors[gi], alpha=0.5, edgecolor=colors[gi])
+            cdf = np.append(np.cumsum(dens), 1.0)
+            axes[row, 1].stairs(cdf, np.append(edges, at), color=colors[gi], lw=1.4, baseline=None)
+        unit = s.get("unit", "steps")
+        for ax, kind in ((axes[row, 0], "fraction of rows"), (axes[row, 1], "cumulative fraction")):
+            ax.axvline(edges[-1] + 0.5 * width, color="grey", ls=":", lw=0.8)
+            ticks = [t for t in ax.get_xticks() if 0 <= t <= edges[-1]]
+            ax.set_xticks([*ticks, at], [f"{t:g}" for t in ticks] + ["censored"])
+            ax.set_xlabel(f"{s['label']} ({unit})")
+            ax.set_ylabel(kind)
+        axes[row, 0].set_title(f"{s['label']}: histogram")
+        axes[row, 1].set_title(f"{s['label']}: CDF")
         axes[row, 0].legend(fontsize=8)
     return _save(fig, path)
 
@@ -104,7 +119,7 @@ def error_pathology_figure(table: pa.Table, path: Path) -> Path | None:
         ax.bar(np.arange(len(sites)) + j * w - 0.4 + w / 2, vals, w, color=color, label=m.replace("kl_ratio_vs_", "vs "))
     ax.axhline(1.0, color="black", lw=0.8, ls=":")
     ax.set_xticks(np.arange(len(sites)), [f"{s}\n{h}" for s, h in sites], fontsize=8)
-    ax.set_ylabel("KL(sae_error) / KL(baseline)")
+    ax.set_ylabel("KL(sae_error) / KL(baseline) (ratio)")
     ax.set_title("Error pathology: KL at the SAE error's length")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -119,8 +134,8 @@ def feature_l0_figure(data: SweepData, table: pa.Table, path: Path) -> Path | No
     for key, color in zip(keys, _colors(len(keys))):
         pts = sorted((r["x"], r["value"]) for r in rows if (r["sae"], r["direction"], r["hook"], r["schedule"]) == key)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, color=color, label=f"{key[0]} ({key[1]})")
-    ax.set_xlabel("length")
-    ax.set_ylabel("mean KL")
+    ax.set_xlabel("length ||A' - A|| (site activation units)")
+    ax.set_ylabel("mean KL (nats)")
     ax.set_title("KL vs length per SAE")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -132,9 +147,7 @@ def make_figures(data: SweepData, table: pa.Table, out_dir: Path) -> dict[str, P
     figs: dict[str, Path | None] = {
         "curves": curves_figure(data, out_dir / "curves.png") if walks else None,
         **{
-            name: _hist_cdf(
-                data, [(s["column"], s["label"]) for s in data.summaries() if s["figure"] == name], out_dir / f"{name}.png"
-            )
+            name: _hist_cdf(data, [s for s in data.summaries() if s["figure"] == name], out_dir / f"{name}.png")
             for name in dict.fromkeys(s["figure"] for s in data.summaries())
         },
         "error_pathology": error_pathology_figure(table, out_dir / "error_pathology.png"),

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from sensdir.reduce.completeness import Completeness
+from sensdir.reduce.differences import split_common
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -26,6 +27,14 @@ img{max-width:100%}
 """
 
 _WIDE_STATS = ("mean", "sd", "median", "ci95_low", "ci95_high", "ks_vs_real", "ks_pvalue_vs_real")
+_CENSORED_STATS = (
+    "censored_fraction",
+    "mean_uncensored",
+    "sd_uncensored",
+    "median_uncensored",
+    "ks_vs_real_uncensored",
+    "ks_pvalue_vs_real_uncensored",
+)
 
 
 def _fmt(v: Any) -> str:
@@ -54,8 +63,58 @@ def summary_html(table: pa.Table) -> str:
         d[r["statistic"]] = r["value"]
         if r["statistic"] == "mean":
             d["n"] = r["n"]
-    rows = [[*k, d["n"], *(d.get(s) for s in _WIDE_STATS)] for k, d in sorted(wide.items(), key=lambda kv: kv[0][0])]
-    return _table(["metric", "direction", "schedule", "sae", "hook", "n", *_WIDE_STATS], rows)
+    rows = [
+        [*k, d["n"], *(d.get(s) for s in (*_WIDE_STATS, *_CENSORED_STATS))]
+        for k, d in sorted(wide.items(), key=lambda kv: kv[0][0])
+    ]
+    return _table(["metric", "direction", "schedule", "sae", "hook", "n", *_WIDE_STATS, *_CENSORED_STATS], rows)
+
+
+def thresholds_html(thresholds: dict[str, dict[str, Any]]) -> str:
+    """The rule that set each job's plateau threshold, once per distinct rule."""
+    rules: dict[str, list[str]] = {}
+    for job, t in sorted(thresholds.items()):
+        rules.setdefault(str(t.get("plateau_rule_text", t.get("plateau_l2"))), []).append(job)
+    if not rules:
+        return ""
+    items = "".join(
+        f"<li>{html.escape(rule)} <small>({html.escape(', '.join(jobs))})</small></li>" for rule, jobs in rules.items()
+    )
+    return f"<p>Plateau threshold (final-residual L2):</p><ul>{items}</ul>"
+
+
+def facts_html(table: pa.Table) -> str:
+    """Target facts pivoted: one row per group, ``mean ± sd`` per fact."""
+    wide: dict[tuple, dict[str, dict[str, float]]] = {}
+    for r in table.to_pylist():
+        if r["section"] == "target_facts":
+            key = (r["direction"], r["schedule"], r["sae"], r["hook"])
+            wide.setdefault(key, {}).setdefault(r["metric"], {})[r["statistic"]] = r["value"]
+    facts = sorted({f for d in wide.values() for f in d})
+    if not facts:
+        return ""
+
+    def cell(v: dict[str, float] | None) -> str:
+        if not v or v.get("mean") is None:
+            return ""
+        return f"{v['mean']:.4g} ± {v['sd']:.2g}" if v.get("sd") is not None else f"{v['mean']:.4g}"
+
+    rows = [[*k, *(cell(d.get(f)) for f in facts)] for k, d in sorted(wide.items())]
+    return _table(["direction", "schedule", "sae", "hook", *facts], rows)
+
+
+def differences_html(per_job: dict[str, Any], what: str) -> str:
+    """What all jobs share, once, and a table of what differs between them."""
+    common, varying = split_common(per_job)
+    keys = sorted({k for d in varying.values() for k in d})
+    out = ""
+    if keys:
+        out += f"<h3>{what}: what differs between jobs</h3>" + _table(
+            ["job", *keys], [[j, *(d.get(k) for k in keys)] for j, d in varying.items()]
+        )
+    out += f"<details><summary>{what}: shared by every job ({len(common)} settings)</summary><pre>"
+    out += html.escape(json.dumps(common, indent=2, default=str, sort_keys=True)) + "</pre></details>"
+    return out
 
 
 def _section_rows(table: pa.Table, section: str) -> str:
@@ -94,6 +153,7 @@ def write_html(
     provenance: dict[str, Any],
     reduce_provenance: dict[str, Any],
     study_tables: dict[str, pa.Table] | None = None,
+    thresholds: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """``configs`` and provenance must already be sanitized."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sensdir reduce: {html.escape(sweep_dir.name)}</title>"]
@@ -112,9 +172,17 @@ def write_html(
     parts.append("<h2>Summary statistics</h2>")
     parts.append(
         "<p>Per direction type: mean, sd, median and bootstrap 95% CI of the mean; two-sample KS "
-        "statistic and p-value against <code>real</code> on the same schedule, SAE and hook.</p>"
+        "statistic and p-value against <code>real</code> on the same schedule, SAE and hook. "
+        "A row is <i>censored</i> when its summary is no event inside the walk (a max-slope step at "
+        "the last valid step, a plateau never left); the <code>*_uncensored</code> columns leave "
+        "those rows out. Max-slope steps and plateau lengths are in steps of the walk; plateau "
+        "lengths are reported for walks in absolute steps only.</p>"
     )
     parts.append(summary_html(table))
+    parts.append(thresholds_html(thresholds or {}))
+    facts = facts_html(table)
+    if facts:
+        parts.append("<h2>Target facts</h2><p>What the walks' targets are like, per type (mean ± sd over rows).</p>" + facts)
     sections = (
         ("error_pathology", "Error pathology"),
         ("feature_l0", "KL vs length per SAE"),
@@ -129,17 +197,11 @@ def write_html(
         parts.append(f"<h2>Study: {html.escape(study)}</h2>" + _plain_table(st))
     parts.append("<h2>Figures</h2>")
     parts.extend(_img(p) for p in figures.values())
+    parts.append("<h2>Jobs</h2>")
+    parts.append(differences_html(configs, "Resolved configs"))
     parts.append("<h2>Provenance</h2>")
     parts.append("<h3>This reduce</h3><pre>" + html.escape(json.dumps(reduce_provenance, indent=2, default=str)) + "</pre>")
-    for jkey, prov in sorted(provenance.items()):
-        parts.append(f"<h3>Job {html.escape(jkey)}</h3><pre>" + html.escape(json.dumps(prov, indent=2, default=str)) + "</pre>")
-    parts.append("<h2>Resolved configs</h2>")
-    for jkey, cfg in sorted(configs.items()):
-        parts.append(
-            f"<details><summary>{html.escape(jkey)}</summary><pre>"
-            + html.escape(json.dumps(cfg, indent=2, default=str))
-            + "</pre></details>"
-        )
+    parts.append(differences_html(provenance, "Jobs' provenance"))
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -20,9 +20,10 @@ import pyarrow.dataset as ds
 from tqdm.auto import tqdm
 
 from sensdir.artifacts.records import read_metadata
-from sensdir.artifacts.schema import direction_of, metrics_of
+from sensdir.artifacts.schema import FACT_COLUMNS, direction_of, hook_of, metrics_of
 from sensdir.reduce.arrays import last_valid, list_to_2d, value_at
 from sensdir.reduce.completeness import Completeness, ShardFile
+from sensdir.reduce.scalars import batch_scalars, summary_columns
 
 BATCH_ROWS = 8192
 NATURAL_METRIC = "kl"  # the error-pathology comparison reads KL at the natural length [G24]
@@ -90,10 +91,25 @@ class SweepData:
     n_rows: int
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {label, summaries}
     roles: dict[str, str] = field(default_factory=dict)  # direction label -> comparison role
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)  # job_key -> thresholds as resolved
 
     def values(self, name: str, group: int) -> np.ndarray:
         v = self.scalars[name][self.scalars["group"] == group]
         return v[~np.isnan(v)] if v.dtype.kind == "f" else v
+
+    def with_flag(self, name: str, other: str, group: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``name``'s values of the group's rows that have one (float64), and beside them
+        ``other``'s values of the same rows (as bool where ``other`` is a flag), or None where
+        no row has ``other``."""
+        rows = self.scalars["group"] == group
+        v = self.scalars[name][rows].astype(np.float64)
+        keep = ~np.isnan(v)
+        if other not in self.scalars:
+            return v[keep], None
+        o = self.scalars[other][rows][keep].astype(np.float64)
+        if np.isnan(o).any():
+            return v[keep], None
+        return v[keep], (o.astype(bool) if other.endswith("_censored") else o)
 
     def summaries(self) -> list[dict[str, str]]:
         """Every summary column of the sweep's metrics: column, figure, label."""
@@ -121,6 +137,7 @@ class _SweepReader:
         self.prov: dict[str, dict[str, Any]] = {}
         self.metrics: dict[str, dict[str, Any]] = {}
         self.roles: dict[str, str] = {}
+        self.thresholds: dict[str, dict[str, Any]] = {}
         self.parts: list[dict[str, np.ndarray]] = []  # per batch: "group" and the scalar columns it has
         self.n_rows = 0
         # Of a duplicated row id, only the copy in its owner file (the first one seen) is used.
@@ -142,21 +159,22 @@ class _SweepReader:
         direction = direction_of(meta)
         if direction.get("role"):
             self.roles[direction["label"]] = direction["role"]
-        # a site left to the SAE (site.hook null) is the SAE's hook: the sae label says which
-        sae, hook = sae_label(cfg), (cfg.get("site") or {}).get("hook") or "sae's"
+        if meta.get("thresholds"):
+            self.thresholds.setdefault(jkey, meta["thresholds"])
+        sae, hook = sae_label(cfg), hook_of(meta)
         dataset = ds.dataset(sf.path, format="parquet")
         names = set(dataset.schema.names)
-        summary_cols = [s["column"] for m in metrics.values() for s in m["summaries"]]
+        summaries = [s for m in metrics.values() for s in m["summaries"]]
         cols = [
             "row_id",
             "direction",
             "schedule",
             "grid_kind",
             *metrics,
-            *summary_cols,
+            *summary_columns(summaries),
             "n_valid_steps",
-            "natural_length",
             "grid",
+            *FACT_COLUMNS,
         ]
         cols = [c for c in dict.fromkeys(cols) if c in names]
         skip = (self.dup_ids, pa.array(self.owned.get(str(sf.path), []), type=pa.string())) if len(self.dup_ids) else None
@@ -167,7 +185,7 @@ class _SweepReader:
                 drop = pc.and_(pc.is_in(rid, value_set=skip[0]), pc.invert(pc.is_in(rid, value_set=skip[1])))
                 batch = batch.filter(pc.invert(drop))
             if batch.num_rows:
-                self._batch(batch, list(metrics), summary_cols, sae, hook)
+                self._batch(batch, list(metrics), summaries, sae, hook)
 
     def _column(self, batch: pa.RecordBatch, name: str, fill: Any) -> np.ndarray:
         if name in batch.schema.names:
@@ -193,7 +211,8 @@ class _SweepReader:
             gids.append(self.index[g])
         return kind, inv, gids
 
-    def _batch(self, batch: pa.RecordBatch, metrics: list[str], summary_cols: list[str], sae: str, hook: str) -> None:
+    def _batch(self, batch: pa.RecordBatch, metrics: list[str], summaries: list[dict[str, Any]], sae: str, hook: str) -> None:
+        summary_cols = [s["column"] for s in summaries]
         n = batch.num_rows
         self.n_rows += n
         curves = {m: list_to_2d(batch.column(m)) for m in metrics}
@@ -209,10 +228,8 @@ class _SweepReader:
         part = {
             "group": np.asarray(gids, np.int32)[inv],
             "kl_natural": self._kl_natural(batch, curves.get(NATURAL_METRIC), grid, kind),
+            **batch_scalars(batch, summaries),
         }
-        for name in [*summary_cols, "n_valid_steps"]:
-            if name in batch.schema.names:
-                part[name] = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
         self.parts.append(part)
 
     def _examples(self, gid: int, batch: pa.RecordBatch, rows: np.ndarray, curves: dict, summary_cols: list[str]) -> None:
@@ -265,6 +282,7 @@ class _SweepReader:
             self.n_rows,
             self.metrics,
             self.roles,
+            self.thresholds,
         )
 
 

@@ -8,7 +8,10 @@ length, for curves; null otherwise), ``value`` and ``n`` (rows behind the value)
   percentile CI of the mean of every metric summary (``ms_step_kl``, ``ms_step_l2``,
   ``plateau_len``, ... as the shards' metric tables declare), and the
   two-sample Kolmogorov-Smirnov statistic and p-value against ``real`` on the same
-  (schedule, SAE, hook) [GP24].
+  (schedule, SAE, hook) [GP24]; all of it over all rows and over the uncensored ones
+  (``*_uncensored``), with the ``censored_fraction`` (METHODS §10). Plateau lengths only
+  for absolute-step walks.
+- target_facts: per type, mean and sd of the targets' facts (norms, anchor cosine, L0, ...).
 - error_pathology: per (SAE, hook), mean KL at the natural length ||SAE(x) - x|| of
   ``sae_error`` and of each baseline walked to the same length, and their ratios [G24, LH24].
 - feature_l0: per SAE, mean KL against mean grid length per step, for ``length`` grids [LH24].
@@ -22,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats as sps
 
+from sensdir.artifacts.schema import FACT_COLUMNS
 from sensdir.reduce.read import SweepData
+from sensdir.reduce.scalars import censored_column
 
 REFERENCE = "real"
 
@@ -79,30 +84,73 @@ def _row(section, g, metric, statistic, value, n, x=None, direction=None) -> dic
     }
 
 
+def applies(summary: dict, group) -> bool:
+    """Whether a summary means something on this group's walks (plateau lengths only on
+    absolute-step walks, METHODS §10)."""
+    kinds = summary.get("grid_kinds")
+    return kinds is None or group.grid_kind in kinds
+
+
+def _describe(g, metric: str, x: np.ndarray, rng, n_boot: int, suffix: str) -> list[dict]:
+    n = len(x)
+    if n == 0:
+        return []
+    lo, hi = bootstrap_mean_ci(x, n_boot, rng)
+    values = {"mean": x.mean(), "sd": x.std(ddof=1) if n > 1 else np.nan, "median": np.median(x), "ci95_low": lo, "ci95_high": hi}
+    return [_row("summary", g, metric, f"{k}{suffix}", v, n) for k, v in values.items()]
+
+
+def _ks(g, metric: str, x: np.ndarray, y: np.ndarray, suffix: str) -> list[dict]:
+    d, p = ks_2samp(x, y)
+    return [
+        _row("summary", g, metric, f"ks_vs_real{suffix}", d, len(x) + len(y)),
+        _row("summary", g, metric, f"ks_pvalue_vs_real{suffix}", p, len(x) + len(y)),
+    ]
+
+
 def summary_rows(data: SweepData, n_boot: int, seed: int) -> list[dict]:
+    """Per group and summary: statistics over all rows, and where rows can be censored (no
+    event inside the walk, METHODS §10) the censored fraction and the same statistics over
+    the uncensored rows (statistic names ending ``_uncensored``); KS against the reference
+    on both, labelled likewise."""
     rng = np.random.default_rng(seed)
     index = {(g.stratum, g.direction): i for i, g in enumerate(data.groups)}
     rows = []
     for gi, g in enumerate(data.groups):
-        for metric in (s["column"] for s in data.summaries()):
-            if metric not in data.scalars:
+        ref = index.get((g.stratum, reference_of(g.direction)))
+        for s in data.summaries():
+            metric = s["column"]
+            if metric not in data.scalars or not applies(s, g):
                 continue
-            x = data.values(metric, gi).astype(np.float64)
-            n = len(x)
-            if n == 0:
+            x, censored = data.with_flag(metric, censored_column(s), gi)
+            rows += _describe(g, metric, x, rng, n_boot, "")
+            if ref is not None and ref != gi and len(x):
+                rows += _ks(g, metric, x, data.with_flag(metric, censored_column(s), ref)[0], "")
+            if censored is None or not len(x):
                 continue
-            rows.append(_row("summary", g, metric, "mean", x.mean(), n))
-            rows.append(_row("summary", g, metric, "sd", x.std(ddof=1) if n > 1 else np.nan, n))
-            rows.append(_row("summary", g, metric, "median", np.median(x), n))
-            lo, hi = bootstrap_mean_ci(x, n_boot, rng)
-            rows.append(_row("summary", g, metric, "ci95_low", lo, n))
-            rows.append(_row("summary", g, metric, "ci95_high", hi, n))
-            ref = index.get((g.stratum, reference_of(g.direction)))
+            rows.append(_row("summary", g, metric, "censored_fraction", censored.mean(), len(x)))
+            rows += _describe(g, metric, x[~censored], rng, n_boot, "_uncensored")
             if ref is not None and ref != gi:
-                y = data.values(metric, ref).astype(np.float64)
-                d, p = ks_2samp(x, y)
-                rows.append(_row("summary", g, metric, "ks_vs_real", d, n + len(y)))
-                rows.append(_row("summary", g, metric, "ks_pvalue_vs_real", p, n + len(y)))
+                y, y_censored = data.with_flag(metric, censored_column(s), ref)
+                if y_censored is not None and (~censored).any() and (~y_censored).any():
+                    rows += _ks(g, metric, x[~censored], y[~y_censored], "_uncensored")
+    return rows
+
+
+def fact_rows(data: SweepData) -> list[dict]:
+    """What the targets are like, per group: mean and sd of each direction fact present
+    (norms, achieved anchor cosine, L0, natural lengths) and of ||T|| / ||A||."""
+    rows = []
+    for gi, g in enumerate(data.groups):
+        facts = {k: data.values(k, gi).astype(np.float64) for k in FACT_COLUMNS if k in data.scalars}
+        if "target_norm" in data.scalars and "base_norm" in data.scalars:
+            t, b = data.with_flag("target_norm", "base_norm", gi)
+            if b is not None and len(t):
+                facts["target_to_base_norm"] = t / b
+        for name, v in facts.items():
+            if len(v):
+                rows.append(_row("target_facts", g, name, "mean", v.mean(), len(v)))
+                rows.append(_row("target_facts", g, name, "sd", v.std(ddof=1) if len(v) > 1 else np.nan, len(v)))
     return rows
 
 
@@ -148,7 +196,9 @@ def feature_l0_rows(data: SweepData) -> list[dict]:
 
 def stats_table(data: SweepData, n_boot: int = 1000, seed: int = 0, extra_rows: Sequence[dict] = ()) -> pa.Table:
     """``extra_rows``: the studies' own tidy rows (sensdir.reduce.studies)."""
-    rows = summary_rows(data, n_boot, seed) + error_pathology_rows(data) + feature_l0_rows(data) + list(extra_rows)
+    rows = (
+        summary_rows(data, n_boot, seed) + fact_rows(data) + error_pathology_rows(data) + feature_l0_rows(data) + list(extra_rows)
+    )
     schema = pa.schema(
         [(c, pa.string()) for c in COLUMNS[:7]] + [("x", pa.float64()), ("value", pa.float64()), ("n", pa.int64())]
     )

@@ -18,7 +18,9 @@ class StudyResults:
     tables: dict[str, pa.Table] = field(default_factory=dict)  # study -> all its rows, for the report
 
 
-def reduce_studies(comp: Completeness, out_dir: Path) -> StudyResults:
+def reduce_studies(comp: Completeness, out_dir: Path, n_boot: int = 1000, seed: int = 0) -> StudyResults:
+    """Each study's rows, figures and table; also the error-correction fit of the walks (METHODS §11)."""
+    from sensdir.reduce.error_correction import error_correction_results
     from sensdir.studies import STUDIES
 
     by_kind: dict[str, list[tuple[dict, pa.Table]]] = {}
@@ -32,4 +34,9 @@ def reduce_studies(comp: Completeness, out_dir: Path) -> StudyResults:
         rows, figs = study.summarize(tables, out_dir)
         res.rows.extend(rows)
         res.figures.update(figs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, figs, tables = error_correction_results(comp, out_dir, n_boot, seed)
+    res.rows.extend(rows)
+    res.figures.update(figs)
+    res.tables.update(tables)
     return res

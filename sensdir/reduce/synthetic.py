@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sensdir.artifacts.identity import row_id
 from sensdir.artifacts.layout import ShardFiles
-from sensdir.artifacts.records import write_plan
+from sensdir.artifacts.records import write_json_atomic, write_plan, write_table_atomic
 from sensdir.artifacts.schema import ID_FIELDS, SCHEMA_VERSION, schema_metadata
 from sensdir.config import MetricConfig
 from sensdir.metrics.kl import KL
@@ -60,7 +59,10 @@ def _summaries(y_NK: np.ndarray, valid_NK: np.ndarray, cfg: MetricConfig) -> dic
     for metric, y in ((KL, y_NK[0]), (L2, y_NK[1])):
         y_t, v_t = torch.from_numpy(np.ascontiguousarray(y)), torch.from_numpy(valid_NK)
         for s in metric.summaries:
-            out[s.column] = s.compute(y_t, v_t, cfg).numpy().astype(np.int32)
+            value = s.compute(y_t, v_t, cfg)
+            out[s.column] = value.numpy().astype(np.int32)
+            if s.censored is not None and s.censored_column is not None:
+                out[s.censored_column] = s.censored(value, v_t).numpy()
     return out
 
 
@@ -166,13 +168,14 @@ def write_job(sweep_dir: Path, spec: JobSpec, provenance: dict[str, Any] | None 
         write_plan(files, jkey, chash, ids)
         table = shard_table(spec, jkey, s, rows, rng, chash)
         parquet, manifest = files.parquet, files.manifest
-        pq.write_table(table, parquet, compression="zstd")
+        digest = write_table_atomic(parquet, table)
         man = {
             "status": "complete",
             "n_rows": len(ids),
             "shard": s,
             "shards": spec.shards,
             "parquet": parquet.name,
+            **digest,
             "config_hash": chash,
             "job_key": jkey,
             "seed": spec.seed,
@@ -181,7 +184,7 @@ def write_job(sweep_dir: Path, spec: JobSpec, provenance: dict[str, Any] | None 
             "provenance": provenance
             or {"versions": {"sensdir": "synthetic"}, "git_commit": None, "git_dirty": None, "host": "synthetic"},
         }
-        manifest.write_text(json.dumps(man))
+        write_json_atomic(manifest, man)
     return jdir
 
 

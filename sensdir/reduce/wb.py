@@ -1,15 +1,26 @@
 """Weights & Biases: one run per reduce (summary table, figures, config), and, online, a
 W&B Report built with ``wandb_workspaces.reports.v2``.
 
-``auto`` is online when an API key is configured (``WANDB_API_KEY`` or a netrc entry for the
-W&B host) and offline otherwise; offline runs land under ``<out>/wandb/`` and upload later
-with ``wandb sync``. The key itself is never read into any config, table or file here.
+The mode (``resolve_mode``): ``WANDB_DISABLED=true`` disables W&B whatever else is asked; an
+explicit ``online``/``offline``/``disabled`` is taken as given; ``auto`` follows ``WANDB_MODE``
+where it is set, and otherwise is online only when an API key is configured
+(``WANDB_API_KEY`` or a netrc entry for the W&B host) *and* the server
+(``WANDB_BASE_URL``) answers within ``SENSDIR_WANDB_TIMEOUT`` seconds (default 5); else
+offline. Offline runs land under ``<out>/wandb/`` and upload later with ``wandb sync``.
+
+W&B never fails a reduce (``log_run``): an online run that fails falls back to an offline one,
+and an offline run that fails leaves none; each with one warning line on stderr. The key
+itself is never read into any config, table or file here.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,24 +30,62 @@ import pyarrow as pa
 MODES = ("auto", "offline", "online", "disabled")
 TABLE_KEY = "summary_table"
 PROJECT = "sensdir"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+_ENV_MODES = {"disabled": "disabled", "offline": "offline", "dryrun": "offline", "online": "online", "run": "online"}
+
+
+def _seconds(var: str, default: float) -> float:
+    try:
+        return max(0.1, float(os.environ.get(var, default)))
+    except ValueError:
+        return default
+
+
+def server_answers(timeout: float | None = None) -> bool:
+    """Whether the W&B server answers an HTTP request at all (any status) within ``timeout`` s."""
+    timeout = _seconds("SENSDIR_WANDB_TIMEOUT", 5.0) if timeout is None else timeout
+    url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL).rstrip("/") + "/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered, if only with an error status
+    except (OSError, ValueError):
+        return False
+
+
+def _warn(message: str) -> None:
+    print(f"sensdir.reduce: warning: {' '.join(message.split())[:400]}", file=sys.stderr)
 
 
 def api_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)).hostname or "api.wandb.ai"
     try:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
 
-def resolve_mode(mode: str) -> str:
+def resolve_mode(mode: str, probe: Callable[[], bool] = server_answers) -> str:
     if mode not in MODES:
         raise ValueError(f"wandb mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "auto":
-        return "online" if api_key_configured() else "offline"
-    return mode
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "disabled"
+    if mode != "auto":
+        return mode
+    env = _ENV_MODES.get(os.environ.get("WANDB_MODE", "").strip().lower())
+    if env is not None:
+        return env
+    if not api_key_configured():
+        return "offline"
+    if not probe():
+        _warn(
+            f"an API key is set but the W&B server {os.environ.get('WANDB_BASE_URL', DEFAULT_BASE_URL)} does not answer: logging offline"
+        )
+        return "offline"
+    return "online"
 
 
 def image_key(name: str) -> str:
@@ -75,7 +124,29 @@ def build_report(entity: str, project: str, run_name: str, figure_names: list[st
     return wr.Report(entity=entity, project=project, title=f"sensdir reduce: {sweep_name}", description=notes, blocks=blocks)
 
 
-def log_run(
+def log_run(mode: str, out_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    """Log one run (``_log_once``'s keyword arguments); returns {mode, run_dir, run_id,
+    report_url} and, where W&B failed, ``warning``. Never raises for a W&B failure."""
+    mode = resolve_mode(mode)
+    none: dict[str, Any] = {"mode": "disabled", "run_dir": None, "run_id": None, "report_url": None}
+    if mode == "disabled":
+        return none
+    warning = None
+    if mode == "online":
+        try:
+            return _log_once("online", out_dir, **kwargs)
+        except Exception as e:  # noqa: BLE001 - no W&B failure may fail the reduce
+            warning = f"the online W&B run failed ({type(e).__name__}: {e}); logging offline instead"
+            _warn(warning)
+    try:
+        return {**_log_once("offline", out_dir, **kwargs), **({"warning": warning} if warning else {})}
+    except Exception as e:  # noqa: BLE001
+        warning = f"the offline W&B run failed too ({type(e).__name__}: {e}); no W&B run"
+        _warn(warning)
+        return {**none, "mode": "failed", "warning": warning}
+
+
+def _log_once(
     mode: str,
     out_dir: Path,
     *,
@@ -88,16 +159,19 @@ def log_run(
     project: str | None = None,
     entity: str | None = None,
 ) -> dict[str, Any]:
-    """Log one run; returns {mode, run_dir, run_id, report_url}. ``config`` must be sanitized."""
-    mode = resolve_mode(mode)
-    if mode == "disabled":
-        return {"mode": mode, "run_dir": None, "run_id": None, "report_url": None}
+    """One run in ``mode`` (online or offline). ``config`` must be sanitized."""
     import wandb
 
     project = project or os.environ.get("WANDB_PROJECT") or PROJECT
-    settings = wandb.Settings(console="off", save_code=False, disable_git=True, x_disable_stats=True)
+    settings = wandb.Settings(
+        console="off",
+        save_code=False,
+        disable_git=True,
+        x_disable_stats=True,
+        init_timeout=_seconds("SENSDIR_WANDB_INIT_TIMEOUT", 30.0),
+    )
     run = wandb.init(
-        mode=mode,  # type: ignore[arg-type]  # checked against MODES by resolve_mode
+        mode=mode,  # type: ignore[arg-type]  # online or offline
         dir=str(out_dir),
         project=project,
         entity=entity,
@@ -122,7 +196,10 @@ def log_run(
         run.finish()
     report_url = None
     if mode == "online":
-        report = build_report(run_entity, project, str(run_name), list(figures), sweep_name, notes)
-        report.save()
-        report_url = report.url
+        try:
+            report = build_report(run_entity, project, str(run_name), list(figures), sweep_name, notes)
+            report.save()
+            report_url = report.url
+        except Exception as e:  # noqa: BLE001 - the run is logged; the report is extra
+            _warn(f"the W&B Report could not be saved ({type(e).__name__}: {e})")
     return {"mode": mode, "run_dir": str(run_dir), "run_id": run_id, "report_url": report_url}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sensdir.config import ScheduleConfig
+from sensdir.config import ScheduleConfig, bounded
 from sensdir.schedules.base import SCHEDULES, Schedule
 from sensdir.walk_types import Proposal, Walk
 
@@ -20,7 +20,7 @@ from sensdir.walk_types import Proposal, Walk
 class AbsoluteConfig(ScheduleConfig):
     name: str = "absolute"
     n_steps: int = 100
-    step_size: float = 0.5
+    step_size: float = bounded(0.5, gt=0)
 
 
 @SCHEDULES.register("absolute", AbsoluteConfig)

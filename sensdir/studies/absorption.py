@@ -58,6 +58,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sensdir.config import bounded
 from sensdir.sae_ops import sae_encode
 from sensdir.studies.absorption_report import summarize_tables
 from sensdir.studies.base import STUDIES, Study, StudyConfig
@@ -107,19 +108,19 @@ class AbsorptionConfig(StudyConfig):
     separator: str | None = None  # None: the BOS / end-of-text token; "\n" for GPT-2 (SAEBench)
     min_word_len: int = 1  # SAEBench keeps single letters too
     max_words: int | None = None
-    train_frac: float = 0.8
-    probe_l2: float = 1e-3
+    train_frac: float = bounded(0.8, gt=0, lt=1)
+    probe_l2: float = bounded(1e-3, ge=0)
     # k-sparse probing
-    k_max: int = 10
+    k_max: int = bounded(10, ge=1)
     k_sparse_f1_gain: float = 0.03
     # absorption (SAEBench's thresholds)
-    f1_threshold: float = 0.6
+    f1_threshold: float = bounded(0.6, ge=0, le=1)
     min_letters: int = 20  # SAEBench's min_feats_for_eval: fewer letters above f1_threshold -> no score
-    candidate_cos_min: float = 0.1
-    probe_cos_threshold: float = 0.025
-    absorption_proj_share: float = 0.4
+    candidate_cos_min: float = bounded(0.1, ge=-1, le=1)
+    probe_cos_threshold: float = bounded(0.025, ge=-1, le=1)
+    absorption_proj_share: float = bounded(0.4, ge=0, le=1)
     max_absorbing: int = 3
-    batch: int = 256
+    batch: int = bounded(256, ge=1)
 
     def task(self, seed: int) -> FirstLetterTask:
         return FirstLetterTask(

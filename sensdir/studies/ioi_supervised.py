@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sensdir.config import bounded
 from sensdir.sae_ops import sae_decode, sae_encode
 from sensdir.studies.base import STUDIES, Study, StudyConfig
 from sensdir.tasks.ioi import (
@@ -95,12 +96,12 @@ class IoiSupervisedConfig(StudyConfig):
     custom_templates: tuple[str, ...] = ()  # replace the templates ({A} {B} {S} {place} {object})
     names: tuple[str, ...] = ()  # replace the source's names
     attributes: tuple[str, ...] = ATTRIBUTES  # those the dictionary has (and that are edited)
-    n_prompts: int = 3000  # IOI prompts, train + test
-    test_frac: float = 0.2  # fraction of name pairs held out for scoring
-    n_edit: int = 0  # test prompts edited per attribute (0 = all)
-    sae_k: int = 1  # latents per value in SAE edits
+    n_prompts: int = bounded(3000, ge=2)  # IOI prompts, train + test
+    test_frac: float = bounded(0.2, gt=0, lt=1)  # fraction of name pairs held out for scoring
+    n_edit: int = bounded(0, ge=0)  # test prompts edited per attribute (0 = all)
+    sae_k: int = bounded(1, ge=1)  # latents per value in SAE edits
     prepend_bos: bool = True
-    batch: int = 256
+    batch: int = bounded(256, ge=1)
 
 
 def _f1_trivial(p: float) -> float:

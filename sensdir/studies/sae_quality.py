@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from sensdir.config import bounded
 from sensdir.data import load_prompts
 from sensdir.sae_metrics import ReconstructionStats, ce_loss_recovered, dead_fraction
 from sensdir.studies.base import STUDIES, Study, StudyConfig
@@ -20,9 +21,9 @@ from sensdir.studies.base import STUDIES, Study, StudyConfig
 @dataclass(frozen=True)
 class SaeQualityConfig(StudyConfig):
     name: str = "sae_quality"
-    n_prompts: int = 200
-    n_ctx: int = 32
-    batch: int = 32
+    n_prompts: int = bounded(200, ge=1)
+    n_ctx: int = bounded(32, ge=2)
+    batch: int = bounded(32, ge=1)
 
 
 @STUDIES.register("sae_quality", SaeQualityConfig)
