@@ -169,6 +169,10 @@ class EngineConfig:
     path: EnginePath = EnginePath.auto
     logits_mb: float = bounded(512.0, gt=0)  # budget for the vocabulary-sized logits and log-probs
     compile: bool = True  # fuse the KL's vocabulary passes with torch.compile (eager if that fails)
+    # (choice) last-position walks go through the model 16 at a time, so that no number depends
+    # on batch_size (matrix products round differently for other shapes); false: batch_size-sized
+    # passes, faster on a GPU, with max-slope steps that may move between near-equal rises
+    batch_invariant: bool = True
 
 
 @dataclass(frozen=True)

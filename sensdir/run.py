@@ -30,7 +30,7 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     out = []
     cls = OmegaConf.get_type(node)
     fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else None
-    for key in node.keys():
+    for key in map(str, node.keys()):
         if fields is not None and key not in fields:
             out.append(f"{prefix}{key}")
         elif OmegaConf.is_dict(node._get_node(key)):

@@ -14,8 +14,12 @@ its logs and, once it has ended, its result. From these, the shard files and ``s
 - ``unknown``: as failed, but ``squeue`` could not be asked.
 
 Shards of jobs that ran without SLURM (``hydra/launcher=local``) are listed from their files:
-``done`` or ``incomplete`` (a plan without a complete manifest). Exit status: 0 when every task
-and shard is done, 1 when one failed, 3 when some are still running or pending.
+``done`` or ``incomplete`` (a plan without a complete manifest). Shards that a multirun's
+sweep plan (``<sweep>/plans/``) lists but that no task accounts for and that left no file are
+``not_started`` (the multirun was interrupted before them), with their overrides. A shard is
+``done`` only if its Parquet file holds the bytes its manifest recorded (sha256). Exit status:
+0 when every task and shard is done, 1 when one failed or never started, 3 when some are still
+running or pending.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from typing import Any
 from sensdir.artifacts.identity import config_hash, job_dir
 from sensdir.artifacts.layout import MANIFEST, PLAN, ShardFiles, shard_files_in
 from sensdir.artifacts.records import complete_manifest, is_complete
+from sensdir.artifacts.sweep_plan import never_started, read_sweep_plans
 
 _TASK_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
-STATES = ("done", "running", "pending", "failed", "unknown", "incomplete")
+STATES = ("done", "running", "pending", "failed", "unknown", "incomplete", "not_started")
 
 
 @dataclass
@@ -78,7 +83,7 @@ class SweepStatus:
     @property
     def exit_code(self) -> int:
         c = self.counts()
-        if c.get("failed") or c.get("unknown") or c.get("incomplete"):
+        if c.get("failed") or c.get("unknown") or c.get("incomplete") or c.get("not_started"):
             return 1
         if c.get("running") or c.get("pending"):
             return 3
@@ -106,7 +111,7 @@ class SweepStatus:
         for t in self.tasks:
             state = t.state + ("*" if t.slurm_state and t.state in ("running", "pending") and t.plan else "")
             lines.append(f"  {t.task_id or '-':<{width}}  {state:<10}  {t.shard_name:<{swidth}}  {' '.join(t.overrides)}")
-            if t.state in ("failed", "unknown", "incomplete"):
+            if t.state in ("failed", "unknown", "incomplete", "not_started"):
                 if t.error:
                     lines.append(f"  {'':<{width}}    error: {t.error}")
                 if t.log_err:
@@ -301,7 +306,32 @@ def sweep_status(sweep_dir: str | Path, squeue: dict[str, str] | None | bool = T
             st.error = compose_error
         out.append(st)
     out += _disk_only_shards(sweep_dir, seen_shards)
+    out += _not_started(sweep_dir, seen_shards)
     return SweepStatus(sweep_dir, out, squeue_ok=live is not None)
+
+
+def _not_started(sweep_dir: Path, seen: set[tuple[str, int, int]]) -> list[TaskStatus]:
+    """Shards of the sweep plans that no task accounts for and that left no file."""
+    root, sweep_id = (sweep_dir.parent.parent, sweep_dir.name) if sweep_dir.parent.name == "hydra" else (sweep_dir, None)
+    out = []
+    varying = _varying([list(ps.overrides) for ps in read_sweep_plans(root, sweep_id)[0]])
+    for ps in never_started(root, sweep_id):
+        jdir = (root / ps.job_key).resolve()
+        if (str(jdir), ps.shard, ps.shards) in seen:
+            continue
+        out.append(
+            TaskStatus(
+                state="not_started",
+                job_num=ps.job_num,
+                overrides=[o for o in ps.overrides if o.partition("=")[0] in varying],
+                job_key=ps.job_key,
+                shard=ps.shard,
+                shards=ps.shards,
+                job_dir=str(jdir),
+                error=f"listed by {ps.plan_file} but never started (no file written): rerun the sweep",
+            )
+        )
+    return out
 
 
 def _log_error(task: _Task) -> str | None:

@@ -6,31 +6,38 @@ training, deterministic from ``ToySpec.seed``), built in well under a second on 
 - **Features.** ``n_features = 2 * d_features`` unit directions in a ``d_features``-dimensional
   input subspace of the residual stream: the standard basis and the normalised Walsh-Hadamard
   basis, both turned by one random rotation. They are in superposition (twice as many as
-  dimensions) with mutual coherence exactly ``1 / sqrt(d_features)`` (0.088 at the default 128).
-- **Embedding.** Each token of the vocabulary turns on ``active_per_token`` distinct features
-  (drawn once per token) at value ``unit``: ``W_E[t] = unit * sum_i d_i``. Positional
-  embeddings and attention are zero, so the site ``blocks.0.hook_resid_pre`` at the last
-  position holds exactly the last token's features.
-- **Error correction.** The MLP reads each feature ``x_i = <d_i, resid>`` and writes, into an
-  output coordinate of its own (``d_features + i``, orthogonal to the input subspace), the
-  staircase ``readout_gain * g(x_i)``: flat within ``margin * unit`` of every multiple of ``unit`` (0 up to
-  ``n_levels * unit``), rising linearly in between. Built from ReLU neuron pairs,
-  ``g(x) = s * sum_k [ReLU(x - k unit - m) - ReLU(x - (k + 1) unit + m)]`` with ``m = margin *
-  unit`` and ``s = 1 / (unit - 2 m)``, so a feature's readout snaps back to its clean value
-  while its error stays below ``m``: small errors along a feature, and interference from the
-  other features (at most ``active_per_token - 1`` times the coherence, times ``unit``), are
-  corrected.
+  dimensions) with mutual coherence exactly ``mu = 1 / sqrt(d_features)`` (0.088 at 128).
+- **Embedding.** Each token turns on two distinct features of the same basis (so orthogonal
+  to each other; drawn once per token) at value ``unit``: ``W_E[t] = unit (d_i + d_j)``.
+  Positional embeddings and attention are zero, so the site ``blocks.0.hook_resid_pre`` at the
+  last position holds exactly the last token's two features, each at exactly ``unit`` along its
+  own direction; every other feature reads an interference of at most ``2 mu unit``.
+- **Error correction.** The MLP reads each feature ``x_i = <d_i, resid>`` and writes
+  ``readout_gain * g(x_i)`` into an output coordinate of its own (``d_features + i``, orthogonal
+  to the input subspace). ``g`` reads the feature's *error*: it is 0 at both clean values, 0
+  and ``unit``. It is 0 up to ``a = dead_zone * unit`` (an inactive feature ignores
+  interference), 0 again at ``x = unit`` and flat there: ``g(unit + e) = (e / w)^2`` for
+  ``0 <= e <= w = unit - a`` (a small bump ``-(unit - x)^2 (x - a) / w^3`` below it, between
+  ``a`` and ``unit``), then linear (slope ``2 / w``). Small errors of an active feature are
+  corrected to second order: its readout moves as ``e^2``, so KL moves as ``e^4``. ``g`` is
+  built from ReLU neurons, one per knot of a piecewise-linear interpolation with knots about
+  ``knot_spacing`` apart from ``a`` to ``unit + w`` (``toy_readout`` is that interpolation).
 - **Readout.** No layer norm anywhere; ``W_U`` reads only the output coordinates (random
-  ``N(0, unembed_scale^2)`` rows), so the logits are a linear function of the corrected
-  feature values ``g(x_i)`` (weight ``readout_gain * unembed_scale`` = 3), plus whatever a
-  perturbation puts in the output coordinates directly (the residual stream passes it on,
-  weight ``unembed_scale``: a direct, uncorrected, linear path).
+  ``N(0, unembed_scale^2)`` rows, ``b_U = 0``), so the clean next-token distribution is uniform
+  (the toy's output carries no information about the prompt, only about errors) and a
+  perturbation's logits are a linear function of the features' readouts (weight
+  ``readout_gain * unembed_scale`` = 3), plus whatever it puts into the output coordinates
+  directly (the residual stream passes it on, weight ``unembed_scale``: a direct, uncorrected,
+  linear path). Against a uniform distribution the logit change across a large vocabulary is
+  a Gaussian whose variance is the squared Euclidean norm of the readout change, so KL is a
+  function of that norm alone, at any level.
 
-Why it tests the L^p model: along a true feature, KL stays 0 until the feature's error
-exceeds ``m``; along a 45-degree mixture of two features each moves by ``L / sqrt 2``, so the
-mixture needs about ``sqrt 2`` times the pure length (``p >> 2``). A random direction moves
-the output coordinates linearly (a quadratic KL, ``p = 2``) and spreads over all features.
-Turning a true feature toward a random direction moves ``p`` from one to the other.
+Why it tests the L^p model, with a known answer: along ``u = cos(t) d_i + sin(t) d_j`` for the
+two active features, the readouts move by ``(L cos t / w)^2`` and ``(L sin t / w)^2`` into
+independent output directions, so KL is a function of ``L^4 (cos^4 t + sin^4 t)``: the L^p
+model with ``p = 4``. A random direction moves the output
+coordinates linearly (KL quadratic in ``L``, ``p = 2``) and spreads thinly over all features.
+Turning a true feature toward a random direction moves ``p`` from 4 toward 2.
 
 ``toy_sae`` is an sae_lens SAE whose decoder rows *are* the true features (encoder tied,
 threshold ``unit / 2``), so the ``sae`` pair source draws true features: the two active on the
@@ -51,10 +58,9 @@ NAME = "toy_error_correction"
 @dataclass(frozen=True)
 class ToySpec:
     d_features: int = 128  # dimensions of the input subspace (a power of 2: the Hadamard basis)
-    active_per_token: int = 2
-    unit: float = 3.0  # feature value of an active feature, and the staircase's step
-    margin: float = 0.35  # half-width of each flat stretch, as a fraction of unit
-    n_levels: int = 3  # staircase steps above 0
+    unit: float = 3.0  # value of an active feature along its direction
+    dead_zone: float = 1 / 3  # g = 0 up to dead_zone * unit
+    knot_spacing: float = 0.2  # of the piecewise-linear g (one ReLU neuron per knot)
     readout_gain: float = 4.0  # the MLP writes gain * g(x_i) into feature i's output coordinate
     unembed_scale: float = 0.75  # sd of W_U's entries (rows of the output coordinates)
     n_ctx: int = 64
@@ -72,10 +78,8 @@ class ToySpec:
         d = self.d_features
         if d < 2 or d & (d - 1):
             raise ValueError(f"ToySpec.d_features must be a power of 2 (>= 2), got {d}")
-        if not 0 < self.margin < 0.5 or self.unit <= 0 or self.n_levels < 1:
-            raise ValueError("ToySpec: need 0 < margin < 0.5, unit > 0, n_levels >= 1")
-        if not 1 <= self.active_per_token <= self.n_features:
-            raise ValueError("ToySpec: active_per_token must be in 1..n_features")
+        if not 0 < self.dead_zone < 1 or self.unit <= 0 or not 0 < self.knot_spacing < self.unit:
+            raise ValueError("ToySpec: need 0 < dead_zone < 1, unit > 0, 0 < knot_spacing < unit")
 
 
 def _hadamard(n: int) -> torch.Tensor:
@@ -99,30 +103,49 @@ def feature_directions(spec: ToySpec) -> torch.Tensor:
 
 
 def token_features(spec: ToySpec, d_vocab: int) -> torch.Tensor:
-    """``[d_vocab, active_per_token]``: the features each token turns on (distinct per token)."""
+    """``[d_vocab, 2]``: the two features each token turns on, distinct and of the same basis."""
     gen = torch.Generator().manual_seed(spec.seed + 1)
-    return torch.rand(d_vocab, spec.n_features, generator=gen).argsort(dim=1)[:, : spec.active_per_token]
+    D = spec.d_features
+    within = torch.rand(d_vocab, D, generator=gen).argsort(dim=1)[:, :2]
+    basis = torch.randint(2, (d_vocab, 1), generator=gen)
+    return within + D * basis
 
 
-def staircase(x: torch.Tensor, spec: ToySpec) -> torch.Tensor:
-    """The MLP's readout of one feature value (the reference the weights implement)."""
-    m, u = spec.margin * spec.unit, spec.unit
-    s = 1.0 / (u - 2 * m)
-    return sum(s * (torch.relu(x - k * u - m) - torch.relu(x - (k + 1) * u + m)) for k in range(spec.n_levels))  # type: ignore[return-value]
+def g_exact(x: torch.Tensor, spec: ToySpec) -> torch.Tensor:
+    """The readout ``g`` the MLP interpolates (see the module docstring)."""
+    u = spec.unit
+    a = spec.dead_zone * u
+    w = u - a
+    bump = -((u - x) ** 2) * (x - a) / w**3
+    high = ((x - u) / w) ** 2
+    return torch.where(x <= a, 0.0, torch.where(x <= u, bump, torch.where(x <= u + w, high, 1 + 2 * (x - u - w) / w)))
+
+
+def knots(spec: ToySpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t, dslope)``: the knots of the interpolation and the change of slope at each, so that
+    ``toy_readout(x) = sum_j dslope_j ReLU(x - t_j)``."""
+    a, u = spec.dead_zone * spec.unit, spec.unit
+    w = u - a
+    n = max(1, round(2 * w / spec.knot_spacing))
+    t = torch.linspace(a, u + w, n + 1, dtype=torch.float64)
+    gt = g_exact(t, spec)
+    slopes = torch.cat([torch.diff(gt) / torch.diff(t), torch.tensor([2 / w], dtype=torch.float64)])
+    return t, torch.diff(slopes, prepend=torch.zeros(1, dtype=torch.float64))
+
+
+def toy_readout(x: torch.Tensor, spec: ToySpec) -> torch.Tensor:
+    """What the MLP computes for one feature value (before ``readout_gain``)."""
+    t, ds = knots(spec)
+    return (torch.relu(x.double()[..., None] - t) * ds).sum(-1)
 
 
 def _mlp_weights(spec: ToySpec, feats_FD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    F, K, u, m = spec.n_features, spec.n_levels, spec.unit, spec.margin * spec.unit
-    s = 1.0 / (u - 2 * m)
-    W_in = torch.zeros(spec.d_model, 2 * F * K, dtype=torch.float64)
-    b_in = torch.zeros(2 * F * K, dtype=torch.float64)
-    W_out = torch.zeros(2 * F * K, spec.d_model, dtype=torch.float64)
-    for i in range(F):
-        for k in range(K):
-            up, down = 2 * (i * K + k), 2 * (i * K + k) + 1
-            W_in[:, up] = W_in[:, down] = feats_FD[i]
-            b_in[up], b_in[down] = -(k * u + m), -((k + 1) * u - m)
-            W_out[up, spec.d_features + i], W_out[down, spec.d_features + i] = spec.readout_gain * s, -spec.readout_gain * s
+    t, ds = knots(spec)
+    F, J = spec.n_features, len(t)
+    W_in = feats_FD.T.repeat_interleave(J, dim=1)  # neuron i * J + j reads feature i
+    b_in = -t.repeat(F)
+    W_out = torch.zeros(F * J, spec.d_model, dtype=torch.float64)
+    W_out[torch.arange(F * J), spec.d_features + torch.arange(F).repeat_interleave(J)] = spec.readout_gain * ds.repeat(F)
     return W_in, b_in, W_out
 
 
@@ -134,7 +157,7 @@ def toy_model(tokenizer, spec: ToySpec = ToySpec(), device: torch.device | str =
     V = len(tokenizer)
     F, D = spec.n_features, spec.d_model
     cfg = HookedTransformerConfig(
-        n_layers=1, d_model=D, n_heads=1, d_head=4, d_mlp=2 * F * spec.n_levels, n_ctx=spec.n_ctx, d_vocab=V,
+        n_layers=1, d_model=D, n_heads=1, d_head=4, d_mlp=F * len(knots(spec)[0]), n_ctx=spec.n_ctx, d_vocab=V,
         act_fn="relu", normalization_type=None, model_name=NAME, default_prepend_bos=False, seed=spec.seed,
     )  # fmt: skip
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)

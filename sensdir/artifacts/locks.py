@@ -36,7 +36,7 @@ def shard_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting: %s is held by another run of the same shard (%s)", path, _holder(path))
+            log.warning("waiting: %s is held by another run of the same shard (%s)", path, _holder(path))
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):

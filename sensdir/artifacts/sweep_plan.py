@@ -56,11 +56,14 @@ def write_sweep_plan(sweep_dir: Path, sweep_id: str, jobs: list[dict[str, Any]],
     return path
 
 
-def read_sweep_plans(sweep_dir: Path) -> tuple[list[PlannedShard], dict[str, str]]:
-    """Every shard the sweep plans under ``sweep_dir`` list (once each), and the unreadable plans."""
+def read_sweep_plans(sweep_dir: Path, sweep_id: str | None = None) -> tuple[list[PlannedShard], dict[str, str]]:
+    """Every shard the sweep plans under ``sweep_dir`` list (once each), and the unreadable
+    plans; only the plan of multirun ``sweep_id`` (its Hydra folder's name) if given."""
     out: dict[tuple[str, int, int], PlannedShard] = {}
     bad: dict[str, str] = {}
     for path in sweep_plan_files(sweep_dir):
+        if sweep_id is not None and path.stem != sweep_id:
+            continue
         plan = read_json(path)
         if plan is None or not isinstance(plan.get("jobs"), list):
             bad[str(path)] = "not a readable sweep plan (JSON with jobs)"
@@ -81,9 +84,9 @@ def read_sweep_plans(sweep_dir: Path) -> tuple[list[PlannedShard], dict[str, str
     return list(out.values()), bad
 
 
-def never_started(sweep_dir: Path) -> list[PlannedShard]:
+def never_started(sweep_dir: Path, sweep_id: str | None = None) -> list[PlannedShard]:
     """Planned shards that left no file (plan, Parquet or manifest) in their job folder."""
-    planned, _ = read_sweep_plans(sweep_dir)
+    planned, _ = read_sweep_plans(sweep_dir, sweep_id)
     out = []
     for ps in planned:
         files = ps.files(sweep_dir)

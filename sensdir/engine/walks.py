@@ -71,10 +71,11 @@ class WalkEngine:
         batch_size: int = 4096,
         logits_mb: float = 512.0,
         compile: bool = False,
+        walks_per_pass: int | None = None,
     ):
         self.model, self.site, self.metrics, self.positions = model, site, list(metrics), positions
         self.path = choose_path(path, model.cfg, positions)
-        self.batch_size, self.compile = batch_size, compile
+        self.batch_size, self.compile, self.walks_per_pass = batch_size, compile, walks_per_pass
         self.lean = LeanPath(model, site.start_layer) if self.path == "lean" else None
         workspace = self.lean.workspace if self.lean is not None else None
         self.readout = Readout(model, logit_rows(model, logits_mb), workspace, compile)
@@ -86,6 +87,7 @@ class WalkEngine:
             "path": self.path,
             "positions": self.positions,
             "compile": self.compile,
+            "walks_per_pass": self.walks_per_pass,
             "dtype": str(p.dtype).removeprefix("torch."),
             "device": str(p.device),
         }
@@ -108,32 +110,36 @@ class WalkEngine:
         return {m.name: torch.empty(B, K, dtype=torch.float32, device=device) for m in self.metrics}
 
     def _last_position(self, clean_BTD: Tensor, acts_BKD: Tensor, progress) -> dict[str, Tensor]:
-        # Whole walks go into one forward pass (batch_size bounds rows x steps), so step 0's
-        # readout comes from the same batch as the others and every curve starts at exactly 0.
+        # Whole walks go into one forward pass, so step 0's readout comes from the same batch as
+        # the others and every curve starts at exactly 0. With walks_per_pass set, every pass
+        # has that many walks (the last of a block fewer), whatever batch_size is: a walk's
+        # numbers then do not depend on the batch size (matrix products round differently for
+        # different shapes, ~1e-6, enough to move a max-slope step between near-equal rises).
         B, K, D = acts_BKD.shape
-        T = clean_BTD.shape[1]
         out = self._empty(B, K, acts_BKD.device)
-        lean_kv = self.lean.prefix(clean_BTD) if self.lean is not None else None
-        cache_kv = prefix_kv(self.model, clean_BTD, self.site) if self.path == "kv_cache" else None
-        for rows in _row_chunks(B, K, self.batch_size):
-            n = rows.stop - rows.start
-            acts_nKD = acts_BKD[rows].to(clean_BTD.dtype)
-            if self.lean is not None and lean_kv is not None:
-                final_nKD = self.lean.run(acts_nKD, [(k[rows], v[rows]) for k, v in lean_kv])
-            elif cache_kv is not None:
-                prompt_N = torch.arange(rows.start, rows.stop, device=acts_nKD.device).repeat_interleave(K)
-                final_nKD = run_last_from_site(self.model, acts_nKD.reshape(n * K, D), cache_kv, prompt_N, self.site).reshape(
-                    n, K, D
-                )
-            else:
-                resid_NTD = clean_BTD[rows, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
-                resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)
-                final_nKD = blocks_from_site(self.model, resid_NTD, self.site)[:, -1, :].reshape(n, K, D)
+        per_pass = self.walks_per_pass or max(1, self.batch_size // K)
+        for start in range(0, B, per_pass):
+            rows = slice(start, min(B, start + per_pass))
+            final_nKD = self._final(clean_BTD[rows], acts_BKD[rows].to(clean_BTD.dtype))
             for m in self.metrics:
                 out[m.name][rows] = m.curve(final_nKD, self.readout)
             if progress is not None:
-                progress.update(n)
+                progress.update(rows.stop - rows.start)
         return out
+
+    def _final(self, clean_nTD: Tensor, acts_nKD: Tensor) -> Tensor:
+        """Final residual at the last position of every step of n walks, by this engine's path."""
+        n, K, D = acts_nKD.shape
+        T = clean_nTD.shape[1]
+        if self.lean is not None:
+            return self.lean.run(acts_nKD, self.lean.prefix(clean_nTD))
+        if self.path == "kv_cache":
+            prompt_N = torch.arange(n, device=acts_nKD.device).repeat_interleave(K)
+            prefix = prefix_kv(self.model, clean_nTD, self.site)
+            return run_last_from_site(self.model, acts_nKD.reshape(n * K, D), prefix, prompt_N, self.site).reshape(n, K, D)
+        resid_NTD = clean_nTD[:, None, :, :].expand(n, K, T, D).reshape(n * K, T, D).clone()
+        resid_NTD[:, -1, :] = acts_nKD.reshape(n * K, D)
+        return blocks_from_site(self.model, resid_NTD, self.site)[:, -1, :].reshape(n, K, D)
 
     def _all_positions(self, acts_BTKD: Float[Tensor, "B T K d"], progress) -> dict[str, Tensor]:
         B, T, K, D = acts_BTKD.shape

@@ -76,6 +76,7 @@ class WalkTask:
             batch_size=eng.batch_size,
             logits_mb=eng.logits_mb,
             compile=eng.compile,
+            walks_per_pass=PROPOSAL_CHUNK if eng.batch_invariant else None,
         )
 
     def plan(self) -> list[str]:

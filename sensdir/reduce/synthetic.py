@@ -39,6 +39,7 @@ class JobSpec:
     hook: str = "blocks.1.hook_resid_pre"
     center: float | None = None
     natural_length: bool = False  # add a natural_length column
+    flat: float = 0.0  # fraction of rows whose curves never blow up (censored summaries)
     extra_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
@@ -106,6 +107,8 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
     steps = np.arange(k, dtype=np.float32)
     z = (steps[None, :] - c_N[:, None].astype(np.float32)) / 3.0
     sig = 1.0 / (1.0 + np.exp(-z))
+    if spec.flat:
+        sig[rng.random(n) < spec.flat] = 0.0  # no blowup inside the walk
     kl = (5.0 * sig + 0.01 * steps[None, :]).astype(np.float32)
     l2 = (40.0 * sig + 0.05 * steps[None, :]).astype(np.float32)
     valid = np.ones((n, k), bool)

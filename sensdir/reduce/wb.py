@@ -54,8 +54,11 @@ def server_answers(timeout: float | None = None) -> bool:
         return False
 
 
-def _warn(message: str) -> None:
-    print(f"sensdir.reduce: warning: {' '.join(message.split())[:400]}", file=sys.stderr)
+def _warn(message: str) -> str:
+    """Print ``message`` as one warning line; returns that line's text."""
+    line = " ".join(message.split())[:400]
+    print(f"sensdir.reduce: warning: {line}", file=sys.stderr)
+    return line
 
 
 def api_key_configured() -> bool:
@@ -136,13 +139,11 @@ def log_run(mode: str, out_dir: Path, **kwargs: Any) -> dict[str, Any]:
         try:
             return _log_once("online", out_dir, **kwargs)
         except Exception as e:  # noqa: BLE001 - no W&B failure may fail the reduce
-            warning = f"the online W&B run failed ({type(e).__name__}: {e}); logging offline instead"
-            _warn(warning)
+            warning = _warn(f"the online W&B run failed ({type(e).__name__}: {e}); logging offline instead")
     try:
         return {**_log_once("offline", out_dir, **kwargs), **({"warning": warning} if warning else {})}
     except Exception as e:  # noqa: BLE001
-        warning = f"the offline W&B run failed too ({type(e).__name__}: {e}); no W&B run"
-        _warn(warning)
+        warning = _warn(f"the offline W&B run failed ({type(e).__name__}: {e}); no W&B run")
         return {**none, "mode": "failed", "warning": warning}
 
 
