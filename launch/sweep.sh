@@ -31,7 +31,7 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python; fi
 fi
 OUT_DIR=${OUT_DIR:-results}
-SWEEP_DIR=$OUT_DIR/$NAME/hydra/$(date +%Y-%m-%d_%H-%M-%S)
+SWEEP_DIR=$OUT_DIR/$NAME/hydra/$(date +%Y-%m-%d_%H-%M-%S)-$$  # $$: two launches in one second get their own folders
 mkdir -p "$SWEEP_DIR"
 
 nohup "$PYTHON" -m sensdir.run -m hydra/launcher=slurm "run.name=$NAME" "run.out_dir=$OUT_DIR" \

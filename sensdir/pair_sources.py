@@ -142,12 +142,12 @@ def pca_candidates(cov_DD: Tensor, n_pcs: int) -> Tensor:
     return top_KD * sign_K[:, None]
 
 
-def probe_candidates(model, hook: str, min_f1: float) -> tuple[Tensor, list[int]]:
+def probe_candidates(model, hook: str, min_f1: float, n_icl_examples: int = 4) -> tuple[Tensor, list[int]]:
     """Unit first-letter probe rows of the letters with F1 >= ``min_f1`` (at least the two best),
-    and their letter indices (0 = A)."""
+    and their letter indices (0 = A); the task's other settings are its defaults (METHODS §6)."""
     from sensdir.tasks.first_letter import FirstLetterTask, letter_probes
 
-    probes = letter_probes(model, hook, FirstLetterTask(), 1e-3)
+    probes = letter_probes(model, hook, FirstLetterTask(n_icl_examples=n_icl_examples), 1e-3)
     order = sorted(range(len(probes.f1_C)), key=lambda c: -probes.f1_C[c])
     keep = [c for c in order if probes.f1_C[c] >= min_f1]
     if len(keep) < 2:

@@ -70,7 +70,18 @@ CASES = {
     "unknown key +data.n_prompt": (None, None, ["+data.n_prompt=20"], "data.n_prompt"),
     "run.name escaping run.out_dir": (None, None, ["run.name=../../x"], "run.name='../../x'"),
     "secret as a Hydra override": (None, None, [f"+hydra.job.env_set.WANDB_API_KEY={WB_SECRET}"], "WANDB_API_KEY"),
+    "unwritable output folder": (None, None, [], "cannot write results to /sys/sensdir-test-out"),
 }
+UNWRITABLE = Path("/sys/sensdir-test-out")  # sysfs: not even root may make a folder there
+
+
+def _unwritable() -> bool:
+    try:
+        UNWRITABLE.mkdir()
+    except OSError:
+        return True
+    UNWRITABLE.rmdir()
+    return False
 
 
 @pytest.mark.slow
@@ -82,6 +93,10 @@ def test_cli_fault_is_one_error_line_and_no_partial_file(tiny_model_dir, tiny_sa
     if damage is not None:
         damage(model / name)
     out = tmp_path / "a" / "b" / "out"
+    if case == "unwritable output folder":
+        if not _unwritable():
+            pytest.skip(f"{UNWRITABLE} is writable here")
+        out = UNWRITABLE
     res = _run(_args(model, tiny_sae_dir, out, *extra), CUDA_VISIBLE_DEVICES="")
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("sensdir: error:")]
     assert res.returncode == 2 and len(errors) == 1, res.stderr[-3000:]

@@ -31,6 +31,10 @@ def _direction_cfg(name):
         from sensdir.directions.supervised import SupervisedConfig
 
         return SupervisedConfig(attribute="io_pos", custom_templates=TINY_TEMPLATES, names=TINY_NAMES, n_prompts=40)
+    if name == "error_correction":  # random pairs: every base has one (the tiny SAE may leave a base without two latents)
+        from sensdir.directions.error_correction import ErrorCorrectionConfig
+
+        return ErrorCorrectionConfig(source="random", angles=(0.0, 45.0, 90.0))
     return DIRECTIONS.get(name).config_cls()
 
 
@@ -58,7 +62,8 @@ def _cfg_for(base, direction, schedule, tmp_path, path, compile_):
         direction=dcfg,
         schedule=scls(**fields),
         engine={"path": path, "compile": compile_, "batch_size": 40},
-        run={"out_dir": str(tmp_path / path)},
+        # error_correction: one row per (base, pair, angle), run.n_targets = n_pairs * len(angles)
+        run={"out_dir": str(tmp_path / path), "n_targets": dcfg.n_rows() if direction == "error_correction" else 1},
     )
 
 

@@ -164,7 +164,10 @@ PRESETS = {
     "gp24_plateau": (["schedule.n_steps=9"], 4),  # 4 starts
     "lh24_feature_l0": ([], 7),  # 7 SAE releases at layer 6 (jb and Braun et al.'s)
     "g24_error_pathology": (["direction=sae_error"], 7),  # the 7 releases, one direction of the 4
+    # 6 pair sources, 14 rows (2 pairs x 7 angles) per base; first-letter prompts fit n_ctx 64
+    "fh26_error_correction": (["direction.probe_icl_examples=1"], 6),
 }
+ROWS_PER_BASE = {"fh26_error_correction": 14}
 
 
 @pytest.mark.slow
@@ -193,5 +196,6 @@ def test_gpt2_preset_runs_from_the_local_cache(hf_cache, tmp_path, preset):
     assert len(shards) == n_jobs
     for shard in shards:
         rows = pq.read_table(shard).to_pylist()
-        assert len(rows) == 4
-        assert all(r["kl"][0] == 0.0 and max(r["kl"]) > 0 for r in rows)
+        assert len(rows) == 4 * ROWS_PER_BASE.get(preset, 1)
+        # (an error_correction row whose base has no pair, pair_ok false, stays at A)
+        assert all(r["kl"][0] == 0.0 and (max(r["kl"]) > 0 or r.get("pair_ok") is False) for r in rows)

@@ -74,6 +74,7 @@ class ErrorCorrectionConfig(DirectionConfig):
     max_cooccur: float = bounded(0.0, ge=0.0, le=1.0)  # sae_rare: joint firing rate in the pool
     min_pool_rate: float = bounded(0.01, ge=0.0, le=1.0)  # sae_rare: the partner's own rate there
     min_f1: float = bounded(0.6, ge=0.0, le=1.0)  # probe: letters whose probe F1 is at least this
+    probe_icl_examples: int = bounded(4, ge=0)  # probe: in-context examples of the first-letter prompts
     contrast_attribute: str = "io"  # contrastive: io | s
     contrast_names: int = bounded(12, ge=2)  # contrastive: candidate names (directions)
     contrast_prompts: int = bounded(48, ge=1)  # contrastive: prompt pairs per name
@@ -170,7 +171,7 @@ class ErrorCorrection(Direction):
         if model is None or site is None:
             raise ConfigError(f"error_correction: source={cfg.source!r} needs the model and site in the direction context")
         if cfg.source == "probe":
-            cands, letters = probe_candidates(model, site if isinstance(site, str) else site.hook, cfg.min_f1)
+            cands, letters = probe_candidates(model, site if isinstance(site, str) else site.hook, cfg.min_f1, cfg.probe_icl_examples)
             return FixedCandidates(cands, letters)
         return FixedCandidates(
             contrastive_candidates(

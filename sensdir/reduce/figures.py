@@ -90,7 +90,9 @@ def _hist_cdf(data: SweepData, summaries: list[dict], path: Path) -> Path | None
             frac = float(censored.mean())
             label = f"{labels[gi]} (n={len(x)}, {frac:.0%} censored)"
             axes[row, 0].stairs(dens, edges, color=colors[gi], label=label, lw=1.4)
-            axes[row, 0].bar(at - 2 * width + (j + 0.5) * bar_w, frac, width=bar_w, color=colors[gi], alpha=0.5, edgecolor=colors[gi])
+            axes[row, 0].bar(
+                at - 2 * width + (j + 0.5) * bar_w, frac, width=bar_w, color=colors[gi], alpha=0.5, edgecolor=colors[gi]
+            )
             cdf = np.append(np.cumsum(dens), 1.0)
             axes[row, 1].stairs(cdf, np.append(edges, at), color=colors[gi], lw=1.4, baseline=None)
         unit = s.get("unit", "steps")

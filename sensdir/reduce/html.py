@@ -142,6 +142,27 @@ def _plain_table(table: pa.Table, max_rows: int = 500) -> str:
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
+_SUMMARY_INTRO = (
+    "<h2>Summary statistics</h2>"
+    "<p>Per direction type: mean, sd, median and bootstrap 95% CI of the mean; two-sample KS "
+    "statistic and p-value against <code>real</code> on the same schedule, SAE and hook. "
+    "A row is <i>censored</i> when its summary is no event inside the walk (a max-slope step at "
+    "the last valid step, a plateau never left); the <code>*_uncensored</code> columns leave "
+    "those rows out. Max-slope steps and plateau lengths are in steps of the walk; plateau "
+    "lengths are reported for walks in absolute steps only.</p>"
+)
+
+
+def completeness_html(comp: Completeness) -> str:
+    if comp.ok:
+        return f"<h2>Completeness</h2><div class=ok>Complete: {html.escape(comp.summary())}.</div>"
+    items = "".join(f"<li>{html.escape(p)}</li>" for p in comp.problems())
+    return (
+        f"<h2>Completeness</h2><div class=warn><b>Partial data</b> (reduced with --allow-partial): {html.escape(comp.summary())}."
+        f"<ul>{items}</ul>The statistics below cover the rows present only.</div>"
+    )
+
+
 def write_html(
     path: Path,
     *,
@@ -160,26 +181,8 @@ def write_html(
     parts.append(f"<style>{_CSS}</style></head><body>")
     parts.append(f"<h1>sensdir reduce: {html.escape(str(sweep_dir))}</h1>")
     parts.append(f"<p>Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>")
-    parts.append("<h2>Completeness</h2>")
-    if comp.ok:
-        parts.append(f"<div class=ok>Complete: {html.escape(comp.summary())}.</div>")
-    else:
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in comp.problems())
-        parts.append(
-            f"<div class=warn><b>Partial data</b> (reduced with --allow-partial): {html.escape(comp.summary())}."
-            f"<ul>{items}</ul>The statistics below cover the rows present only.</div>"
-        )
-    parts.append("<h2>Summary statistics</h2>")
-    parts.append(
-        "<p>Per direction type: mean, sd, median and bootstrap 95% CI of the mean; two-sample KS "
-        "statistic and p-value against <code>real</code> on the same schedule, SAE and hook. "
-        "A row is <i>censored</i> when its summary is no event inside the walk (a max-slope step at "
-        "the last valid step, a plateau never left); the <code>*_uncensored</code> columns leave "
-        "those rows out. Max-slope steps and plateau lengths are in steps of the walk; plateau "
-        "lengths are reported for walks in absolute steps only.</p>"
-    )
-    parts.append(summary_html(table))
-    parts.append(thresholds_html(thresholds or {}))
+    parts.append(completeness_html(comp))
+    parts.append(_SUMMARY_INTRO + summary_html(table) + thresholds_html(thresholds or {}))
     facts = facts_html(table)
     if facts:
         parts.append("<h2>Target facts</h2><p>What the walks' targets are like, per type (mean ± sd over rows).</p>" + facts)

@@ -11,75 +11,48 @@ from pathlib import Path
 from sensdir.tasks.first_letter import LETTERS
 
 
-def summarize_tables(tables, out_dir: Path) -> tuple[list[dict], dict[str, Path]]:
-    """Tidy rows (statistics ``mean``, ``mean_ungated``, ``mean_any_f1`` and one per letter) and
-    the figures, from the jobs' ``(manifest, table)`` pairs."""
-    rows: list[dict] = []
+def _tidy(sae: str, hook: str, metric: str, statistic: str, x: float, value, n: int) -> dict:
+    value = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    where = {"section": "absorption", "direction": None, "schedule": None, "sae": sae, "hook": hook}
+    return {**where, "metric": metric, "statistic": statistic, "x": x, "value": value, "n": n}
+
+
+def _by_sae(tables) -> dict[tuple[str, str], dict]:
     per_sae: dict[tuple[str, str], dict] = {}
     for manifest, table in tables:
         study_cfg = (manifest.get("config") or {}).get("study") or {}
         thr = float(study_cfg.get("f1_threshold", 0.6))
         min_letters = int(study_cfg.get("min_letters", 20))
         for r in table.to_pylist():
-            key = (r["sae"], r["hook"])
-            d = per_sae.setdefault(key, {"l0": r["l0"], "arch": r["architecture"], "letters": {}})
+            d = per_sae.setdefault((r["sae"], r["hook"]), {"l0": r["l0"], "arch": r["architecture"], "letters": {}})
             d["letters"][r["letter"]] = r
             d["thr"], d["min_letters"] = thr, min_letters
-    for (sae, hook), d in sorted(per_sae.items()):
-        ok = [r for r in d["letters"].values() if r["probe_f1"] > d["thr"] and r["n_probe_tp"] > 0]
-        scored = [r for r in d["letters"].values() if r["n_probe_tp"] > 0]
-        for metric in ("mean_absorption_fraction", "full_absorption_rate"):
-            name = "absorption_fraction" if metric == "mean_absorption_fraction" else "full_absorption_rate"
-            # "mean": over letters with probe F1 > threshold (the reported number, SAEBench);
-            # "mean_any_f1": over every letter with probe true positives (a diagnostic where
-            # few letters pass, e.g. a model whose probes do not generalise to held-out words)
-            gated = ok if len(ok) >= d["min_letters"] else []
-            for stat, group in (("mean", gated), ("mean_ungated", ok), ("mean_any_f1", scored)):
-                vals = [r[metric] for r in group if r[metric] is not None and not math.isnan(r[metric])]
-                rows.append(
-                    {
-                        "section": "absorption",
-                        "direction": None,
-                        "schedule": None,
-                        "sae": sae,
-                        "hook": hook,
-                        "metric": name,
-                        "statistic": stat,
-                        "x": float(d["l0"]),
-                        "value": (sum(vals) / len(vals)) if vals else None,
-                        "n": len(vals),
-                    }
-                )
-            for L, r in sorted(d["letters"].items()):
-                v = r[metric]
-                rows.append(
-                    {
-                        "section": "absorption",
-                        "direction": None,
-                        "schedule": None,
-                        "sae": sae,
-                        "hook": hook,
-                        "metric": name,
-                        "statistic": f"letter_{L}",
-                        "x": float(r["probe_f1"]),
-                        "value": None if v is None or math.isnan(v) else float(v),
-                        "n": int(r["n_probe_tp"]),
-                    }
-                )
-        rows.append(
-            {
-                "section": "absorption",
-                "direction": None,
-                "schedule": None,
-                "sae": sae,
-                "hook": hook,
-                "metric": "letters_f1_ok",
-                "statistic": "count",
-                "x": float(d["l0"]),
-                "value": float(len(ok)),
-                "n": len(d["letters"]),
-            }
-        )
+    return per_sae
+
+
+def _sae_rows(sae: str, hook: str, d: dict) -> list[dict]:
+    ok = [r for r in d["letters"].values() if r["probe_f1"] > d["thr"] and r["n_probe_tp"] > 0]
+    scored = [r for r in d["letters"].values() if r["n_probe_tp"] > 0]
+    rows = []
+    for metric, name in (("mean_absorption_fraction", "absorption_fraction"), ("full_absorption_rate", "full_absorption_rate")):
+        # "mean": over letters with probe F1 > threshold (the reported number, SAEBench);
+        # "mean_any_f1": over every letter with probe true positives (a diagnostic where
+        # few letters pass, e.g. a model whose probes do not generalise to held-out words)
+        gated = ok if len(ok) >= d["min_letters"] else []
+        for stat, group in (("mean", gated), ("mean_ungated", ok), ("mean_any_f1", scored)):
+            vals = [r[metric] for r in group if r[metric] is not None and not math.isnan(r[metric])]
+            rows.append(_tidy(sae, hook, name, stat, float(d["l0"]), (sum(vals) / len(vals)) if vals else None, len(vals)))
+        for L, r in sorted(d["letters"].items()):
+            rows.append(_tidy(sae, hook, name, f"letter_{L}", float(r["probe_f1"]), r[metric], int(r["n_probe_tp"])))
+    rows.append(_tidy(sae, hook, "letters_f1_ok", "count", float(d["l0"]), float(len(ok)), len(d["letters"])))
+    return rows
+
+
+def summarize_tables(tables, out_dir: Path) -> tuple[list[dict], dict[str, Path]]:
+    """Tidy rows (statistics ``mean``, ``mean_ungated``, ``mean_any_f1`` and one per letter) and
+    the figures, from the jobs' ``(manifest, table)`` pairs."""
+    per_sae = _by_sae(tables)
+    rows = [row for (sae, hook), d in sorted(per_sae.items()) for row in _sae_rows(sae, hook, d)]
     figs = _figures(per_sae, out_dir) if per_sae else {}
     return rows, figs
 

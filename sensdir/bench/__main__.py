@@ -1,0 +1,3 @@
+from sensdir.bench.cli import main
+
+main()
