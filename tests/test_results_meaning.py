@@ -199,3 +199,20 @@ def test_quickstart_summaries_and_targets_do_not_depend_on_the_batch_size(tmp_pa
                     assert v == seen[direction][c], f"{direction}: {c} differs with engine.batch_size={batch}"
             else:
                 seen[direction] = got
+
+
+def test_norm_matched_synthetic_targets_take_a_real_activations_norm(tiny_cfg):
+    from sensdir.directions.synth_struct import SynthStructConfig
+
+    plain = pq.read_table(run_job(with_(tiny_cfg, direction=SynthStructConfig())).shard_path).to_pylist()
+    res = run_job(with_(tiny_cfg, direction=SynthStructConfig(match_norm=True)))
+    matched = pq.read_table(res.shard_path).to_pylist()
+    assert res.job_dir.name.startswith("synth_struct+norm-") and {r["direction"] for r in matched} == {"synth_struct+norm"}
+    # same construction (anchor, L0), only the length changes: to the drawn pool row's norm
+    assert [r["anchor_latent"] for r in matched] == [r["anchor_latent"] for r in plain]
+    assert [r["unmatched_target_norm"] for r in matched] == pytest.approx([r["target_norm"] for r in plain], rel=1e-5)
+    # the norms are those of real activations: real's targets are pool rows, by source_index
+    real = pq.read_table(run_job(tiny_cfg).shard_path).to_pylist()
+    pool_norm = {r["source_index"]: r["target_norm"] for r in real}
+    shared = [r for r in matched if r["norm_source_index"] in pool_norm]
+    assert shared and all(r["target_norm"] == pytest.approx(pool_norm[r["norm_source_index"]], rel=1e-5) for r in shared)
