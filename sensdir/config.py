@@ -1,6 +1,6 @@
 """Typed configuration: frozen dataclasses, registered in Hydra's ConfigStore.
 
-Hydra composes YAML from ``conf/`` onto these schemas, so a misspelt key or a wrongly typed
+Hydra composes YAML from ``sensdir/conf/`` onto these schemas, so a misspelt key or a wrongly typed
 value fails at composition with a message naming the field. ``to_config`` turns the composed
 DictConfig into the frozen dataclass objects that ``run_job`` takes; tests build those
 objects directly.

@@ -3,7 +3,7 @@
 - ``check_overrides``: command-line overrides that carry a credential (a key naming a secret,
   e.g. ``+hydra.job.env_set.WANDB_API_KEY=...``, or a value holding a secret) are refused
   before Hydra copies them into ``multirun.yaml`` and ``.hydra/*.yaml``.
-- ``SensdirCallback`` (``hydra.callbacks`` in ``conf/config.yaml``): before a single run,
+- ``SensdirCallback`` (``hydra.callbacks`` in ``sensdir/conf/config.yaml``): before a single run,
   ``run.name`` must stay inside ``run.out_dir`` and the results folder must be writable;
   before a multirun, every job's config is composed as the sweeper will, each job's name is
   checked, and the sweep-level plan (``sensdir.artifacts.sweep_plan``) is written, so jobs

@@ -68,14 +68,10 @@ def load_model(cfg: ModelConfig, device: torch.device):
     if cfg.source == "embedded":
         return load_model_dir(Path(cfg.path) if cfg.path else embedded_model_dir(), device, dtype)
     if cfg.source == "transformer_lens":
-        from transformer_lens import HookedTransformer
-
         from sensdir.hub import hub_call, model_hint
+        from sensdir.model_backend import from_pretrained
 
-        return hub_call(
-            model_hint(cfg.name),
-            lambda: HookedTransformer.from_pretrained(cfg.name, device=str(device), dtype=dtype),
-        )
+        return hub_call(model_hint(cfg.name), lambda: from_pretrained(cfg.name, device, dtype))
     if cfg.source == "toy_error_correction":  # METHODS §11: built by construction, the embedded tokenizer
         from transformers import AutoTokenizer
 
@@ -95,8 +91,9 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu", dtype: torch.
     import json
 
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
+
+    from sensdir.model_backend import build_model, model_config
 
     missing = [n for n in ("config.json", "model.safetensors", "tokenizer") if not (path / n).exists()]
     if missing:
@@ -105,11 +102,11 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu", dtype: torch.
             f"with config.json, model.safetensors and tokenizer/ (python -m sensdir.embedded.train writes one)"
         )
     with _reading(path / "config.json", "a JSON object of HookedTransformerConfig arguments"):
-        cfg = HookedTransformerConfig(**json.loads((path / "config.json").read_text()))
+        cfg = model_config(**json.loads((path / "config.json").read_text()))
     with _reading(path / "tokenizer", "a tokenizer saved by save_pretrained"):
         # transformer_lens only accepts a tokenizer reloaded through AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model = build_model(cfg, tokenizer=tokenizer)
     with _reading(path / "model.safetensors", "a safetensors file"):
         state = load_file(str(path / "model.safetensors"))
     bad = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

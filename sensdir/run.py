@@ -51,7 +51,7 @@ def compose_config(cfg: DictConfig) -> SensdirConfig:
         raise ConfigError(f"the composed config is invalid: {type(e).__name__}: {e}") from e
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path="conf", config_name="config", version_base=None)  # sensdir/conf, shipped in the package
 def main(cfg: DictConfig) -> None:
     try:
         result = run_job(compose_config(cfg))

@@ -25,7 +25,6 @@ running or pending.
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import re
 import subprocess
@@ -38,7 +37,7 @@ from typing import Any
 
 from sensdir.artifacts.identity import config_hash, job_dir
 from sensdir.artifacts.layout import MANIFEST, PLAN, ShardFiles, shard_files_in
-from sensdir.artifacts.records import complete_manifest, is_complete
+from sensdir.artifacts.records import complete_manifest, dumps_json, is_complete
 from sensdir.artifacts.sweep_plan import never_started, read_sweep_plans
 
 _TASK_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
@@ -378,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"sensdir.status: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(status.to_dict(), indent=2) if a.json else status.render())
+    print(dumps_json(status.to_dict()) if a.json else status.render())
     return status.exit_code
 
 

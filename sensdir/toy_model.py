@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -171,7 +172,7 @@ def toy_model(tokenizer, spec: ToySpec = ToySpec(), device: torch.device | str =
         for p in model.parameters():
             p.zero_()
         model.embed.W_E.copy_(W_E)
-        mlp = model.blocks[0].mlp
+        mlp: Any = model.blocks[0].mlp
         mlp.W_in.copy_(W_in)
         mlp.b_in.copy_(b_in)
         mlp.W_out.copy_(W_out)

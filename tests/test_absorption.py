@@ -287,7 +287,7 @@ def test_absorption_presets_compose(experiment):
     from sensdir.config import register_configs, to_config
 
     register_configs()
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(Path(__file__).resolve().parents[1] / "sensdir" / "conf")
     with initialize_config_dir(conf, version_base=None):
         cfg = to_config(compose("config", overrides=[f"experiment={experiment}"]))
     assert isinstance(cfg.study, AbsorptionConfig) and cfg.run.name == experiment

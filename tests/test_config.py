@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from sensdir.config import SensdirConfig, register_configs, to_config
 from sensdir.directions import DIRECTIONS
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(Path(__file__).resolve().parent.parent / "sensdir" / "conf")
 
 
 def _compose(*overrides):

@@ -30,7 +30,7 @@ UNIT_TYPES = {
     "sae_feature": "direction",
 }
 RANDOMISED = [n for n in UNIT_TYPES if n != "sae_error"]
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(Path(__file__).resolve().parent.parent / "sensdir" / "conf")
 
 
 @pytest.fixture(scope="module")

@@ -276,7 +276,7 @@ def test_presets_compose():
     from sensdir.studies.ioi_supervised import IoiSupervisedConfig
 
     register_configs()
-    conf = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
+    conf = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "sensdir" / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
         emb = to_config(compose("config", overrides=["experiment=ioi_supervised"]))
         gpt = to_config(compose("config", overrides=["experiment=m24_ioi_supervised"]))

@@ -181,8 +181,9 @@ def test_all_positions_mode_writes_one_row_per_prompt_with_per_position_facts(ti
     assert len(rows) == cfg.data.n_prompts
     for r in rows:
         assert r["kl"][0] == 0.0 and r["kl"][-1] > 0
-        assert len(r["source_index"]) == cfg.data.n_ctx  # one target per position
-        assert len(set(r["source_index"])) > 1
+        per_position = json.loads(r["info_by_position"])["source_index"]  # schema 2: scalar = last position's
+        assert len(per_position) == cfg.data.n_ctx and r["source_index"] == per_position[-1]  # one target per position
+        assert len(set(per_position)) > 1
 
 
 def test_open_sweep_reads_every_walk_shard_and_nothing_else(tiny_cfg):

@@ -15,7 +15,7 @@ from sensdir.schedules import SCHEDULES
 from sensdir.schedules.lengths import DEFAULT_LENGTHS, SHORT_LENGTHS, LengthsConfig
 from sensdir.walk_types import Proposal
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(Path(__file__).resolve().parent.parent / "sensdir" / "conf")
 # METHODS §2, written out: odd 1..19, then 20..48 by 4, then 51..91 by 10
 DEFAULT = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 20, 24, 28, 32, 36, 40, 44, 48, 51, 61, 71, 81, 91]
 SHORT = [

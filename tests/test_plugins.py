@@ -48,6 +48,7 @@ def toy_plugins(monkeypatch):
         """Walk toward ``scale * A``."""
 
         returns = "target"
+        info_columns = {"toy_scale": "float64"}  # its facts: a column in every shard from now on
 
         def propose(self, base_BD, base_index_B, gen):
             scale_B = torch.full((base_BD.shape[0],), self.cfg.scale)

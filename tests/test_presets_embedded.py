@@ -10,7 +10,7 @@ import yaml
 
 from sensdir.reduce import reduce_sweep
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+CONF = Path(__file__).resolve().parent.parent / "sensdir" / "conf" / "experiment"
 EMBEDDED = sorted(p.stem for p in CONF.glob("*.yaml") if "override /model" not in p.read_text() and p.stem != "quickstart")
 SMALL = ["data.n_prompts=6", "data.n_stats=120", "data.n_pool=30", "run.progress=false"]
 STUDY_SMALL = {

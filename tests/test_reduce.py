@@ -240,7 +240,8 @@ def test_outputs_and_offline_wandb_run_and_no_secret_anywhere(tmp_path, monkeypa
     sweep = tmp_path / "sweep"
     # a config that carries the key (by field name and inside a string) must be scrubbed too
     spec = JobSpec("real", 30, extra_config={"wandb": {"api_key": FAKE_KEY, "note": f"key={FAKE_KEY}"}})
-    make_sweep(sweep, [spec, JobSpec("random", 30)])
+    # an absolute-step job too: plateau lengths are drawn only for those (METHODS §10)
+    make_sweep(sweep, [spec, JobSpec("random", 30), JobSpec("random", 20, schedule="absolute", grid_kind="distance")])
     res = reduce_sweep(sweep, None, wandb="offline", n_bootstrap=50, progress=False)
     out = sweep / "reduce"
     assert res.out_dir == out and res.wandb["mode"] == "offline"
@@ -315,7 +316,9 @@ def test_reduce_of_real_jobs_on_the_tiny_model(tiny_cfg):
     assert res.completeness.ok and res.n_rows == 24
     t = pq.read_table(res.table_parquet)
     assert lookup(t, direction="random", metric="ms_step_kl", statistic="ks_vs_real")
-    assert res.html.exists() and len(res.figures) == 3
+    # relative walks only: no plateau lengths (they would mean nothing there)
+    assert res.html.exists() and set(res.figures) == {"curves", "ms_step"}
+    assert not lookup(t, metric="plateau_len")
 
 
 def test_labelled_variants_are_compared_with_their_real_variant():

@@ -188,9 +188,14 @@ def test_quickstart_summaries_and_targets_do_not_depend_on_the_batch_size(tmp_pa
     seen: dict[str, dict] = {}
     for batch in (None, 1, 7, 100):
         for direction in ("real", "random", "synth_struct"):
-            overrides = ["experiment=quickstart", f"direction={direction}", "data.n_prompts=40", f"run.out_dir={tmp_path / str(batch)}"]
+            overrides = [
+                "experiment=quickstart",
+                f"direction={direction}",
+                "data.n_prompts=40",
+                f"run.out_dir={tmp_path / str(batch)}",
+            ]
             overrides += ["run.progress=false"] + ([f"engine.batch_size={batch}"] if batch else [])
-            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+            with initialize_config_dir(config_dir=str(ROOT / "sensdir" / "conf"), version_base=None):
                 cfg = to_config(compose("config", overrides=overrides))
             table = pq.read_table(run_job(cfg).shard_path)
             got = {c: table.column(c).to_pylist() for c in keep if c in table.column_names}

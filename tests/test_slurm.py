@@ -33,7 +33,7 @@ from slurm_cluster import (
     wait_for,
 )
 
-CONF = str(REPO / "conf")
+CONF = str(REPO / "sensdir" / "conf")
 
 
 # -- no cluster needed -------------------------------------------------------------------------

@@ -1,13 +1,18 @@
 """The columns of walk and study shards (docs/shards.md) and the readers' view of a sweep.
 
-A walk shard has the fixed columns below, then each metric's curve and summaries (declared by
-the metric, ``sensdir.metrics``), then the direction type's own facts as nullable columns.
-The schema metadata (key ``sensdir``) holds the resolved config, the identity and the metric
-table, so a reader needs nothing but the file.
+A walk shard (schema version 2) has the identity columns, the job's context (model, SAE,
+hook, positions, schedule parameters), each metric's curve, summaries and censoring flags
+(declared by the metric, ``sensdir.metrics``), then every direction fact any registered
+direction type declares (``Direction.info_columns``), null where the shard's type does not
+produce it. So every walk shard of a sweep has the same columns in the same order, and any
+Parquet reader reads the sweep whole. The schema metadata (key ``sensdir``) holds the
+resolved config, the identity and the metric table, so a reader needs nothing but the file.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ from sensdir.artifacts.layout import find_job_dirs
 from sensdir.artifacts.records import METADATA_KEY, dumps_json, kind_of, read_metadata
 from sensdir.artifacts.shards import scan_job
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Per-step curve columns and per-row summaries come from the metrics; these are always there.
 ID_FIELDS = [
@@ -36,6 +41,29 @@ ID_FIELDS = [
     pa.field("n_valid_steps", pa.int32(), nullable=False),
     pa.field("base_norm", pa.float32(), nullable=False),
 ]
+# Schema version 2: what the job ran on, as columns, so a sweep over models, SAEs, hooks or
+# schedule settings groups without reading metadata. Null where a setting does not apply
+# (``schedule_step_size`` on a relative walk) or for version-1 shards read through open_sweep.
+CONTEXT_FIELDS = [
+    pa.field("model", pa.string()),
+    pa.field("sae_release", pa.string()),
+    pa.field("sae_id", pa.string()),
+    pa.field("hook", pa.string()),
+    pa.field("positions", pa.string()),
+    pa.field("schedule_n_steps", pa.int32()),
+    pa.field("schedule_step_size", pa.float64()),
+    pa.field("schedule_preset", pa.string()),
+    pa.field("schedule_lengths", pa.list_(pa.float64())),
+]
+# Direction facts are declared by name -> one of these type names (``Direction.info_columns``);
+# the types are those version-1 shards got by inference, so both versions unify.
+INFO_TYPES: dict[str, pa.DataType] = {"float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
+# Facts added by shared code rather than one type: the natural length of scaled directions,
+# and the norm-matched variants' columns (``sensdir.sae_ops.match_real_norm``).
+COMMON_INFO_COLUMNS = {"natural_length": "float64", "norm_source_index": "int64", "unmatched_target_norm": "float64"}
+# With ``site.positions=all`` every position has its own proposal: the fact columns hold the
+# last position's value and this column the JSON object {fact: [value per position]}.
+BY_POSITION_FIELD = pa.field("info_by_position", pa.string())
 CURVE_TYPE = pa.list_(pa.float32())
 SUMMARY_TYPE = pa.int32()
 
@@ -116,15 +144,59 @@ def schema_metadata(metadata: dict[str, Any]) -> dict[bytes, bytes]:
     return {METADATA_KEY: dumps_json(metadata, indent=None).encode()}
 
 
-def build_walk_table(columns: dict[str, list], metric_fields: list[pa.Field], metadata: dict[str, Any]) -> pa.Table:
-    fields = [*ID_FIELDS, *metric_fields]
-    arrays = [pa.array(columns[f.name], type=f.type) for f in fields]
-    known = {f.name for f in fields}
-    for name in sorted(set(columns) - known):
-        arr = pa.array(columns[name])
-        fields.append(pa.field(name, arr.type, nullable=True))
-        arrays.append(arr)
+def info_fields(declared: dict[str, str]) -> list[pa.Field]:
+    """The direction-fact fields of a version-2 walk shard: ``COMMON_INFO_COLUMNS`` and
+    ``declared`` (name -> type name of ``INFO_TYPES``), sorted by name, then ``info_by_position``."""
+    both = {**COMMON_INFO_COLUMNS}
+    for name, kind in declared.items():
+        if both.get(name, kind) != kind:
+            raise ValueError(f"direction fact {name!r} is declared as {both[name]} and as {kind}")
+        if kind not in INFO_TYPES:
+            raise ValueError(f"direction fact {name!r}: type {kind!r} is not one of {', '.join(INFO_TYPES)}")
+        both[name] = kind
+    return [pa.field(n, INFO_TYPES[both[n]]) for n in sorted(both)] + [BY_POSITION_FIELD]
+
+
+def walk_schema(metric_fields: list[pa.Field], declared: dict[str, str]) -> list[pa.Field]:
+    """Every column of a version-2 walk shard, in order."""
+    return [*ID_FIELDS, *CONTEXT_FIELDS, *metric_fields, *info_fields(declared)]
+
+
+def _array(values: Any, type_: pa.DataType) -> pa.Array:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values.cast(type_)
+    return pa.array(values, type=type_)  # NaN facts (e.g. no pair drawn) stay NaN, not null
+
+
+def build_walk_table(
+    columns: dict[str, Any], metric_fields: list[pa.Field], declared: dict[str, str], metadata: dict[str, Any]
+) -> pa.Table:
+    """A version-2 walk shard: ``columns`` (name -> values, lists or Arrow arrays) laid on
+    ``walk_schema``; a declared fact or context column the job did not produce is null. A
+    column that is not declared is an error naming it: a direction type declares its facts in
+    ``info_columns``."""
+    fields = walk_schema(metric_fields, declared)
+    names = {f.name for f in fields}
+    extra = sorted(set(columns) - names)
+    if extra:
+        raise ValueError(
+            f"walk columns {', '.join(extra)} are not declared: a direction type lists its facts in its "
+            "info_columns class attribute (name -> " + " | ".join(INFO_TYPES) + ")"
+        )
+    n = len(next(iter(columns.values()))) if columns else 0
+    arrays = [_array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type) for f in fields]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema_metadata(metadata)))
+
+
+def by_position(info: dict[str, list[list]]) -> tuple[dict[str, list], list[str]]:
+    """Per-position facts (``site.positions=all``: one list per row) as the last position's
+    value per row, and per row the JSON object of every position's values."""
+    keys = list(info)
+    n = len(info[keys[0]]) if keys else 0
+    last = {k: [v[-1] if v else None for v in info[k]] for k in keys}
+    clean = {k: [[None if isinstance(x, float) and not math.isfinite(x) else x for x in v] for v in info[k]] for k in keys}
+    rows = [json.dumps({k: clean[k][i] for k in keys}, sort_keys=True) for i in range(n)]
+    return last, rows
 
 
 def build_study_table(columns: dict[str, list], metadata: dict[str, Any]) -> pa.Table:
@@ -140,8 +212,13 @@ def open_sweep(sweep_dir: str | Path, verify: bool = True):
     that complete manifests name (Hydra's logs, reduce outputs, study tables, unfinished shards
     and any other Parquet file in a job folder are left out). With ``verify``, a file whose
     bytes differ from its manifest's sha256 is left out too; every file left out is named in
-    one warning (``python -m sensdir.reduce`` reports them in full)."""
+    one warning (``python -m sensdir.reduce`` reports them in full).
+
+    The dataset's schema is the union of the shards' schemas, so no column of any shard is
+    dropped: a column a shard lacks (a version-1 shard's context columns and other types'
+    facts; a metric that only some jobs computed) reads as null in its rows."""
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     files, left_out = [], []
     for jdir in find_job_dirs(Path(sweep_dir)):
@@ -152,4 +229,21 @@ def open_sweep(sweep_dir: str | Path, verify: bool = True):
         warnings.warn("open_sweep left out: " + "; ".join(left_out), stacklevel=2)
     if not files:
         raise FileNotFoundError(f"no walk shards under {sweep_dir}/*/")
-    return ds.dataset(files, format="parquet")
+    return ds.dataset(files, schema=unified_schema([pq.read_schema(f) for f in files], files), format="parquet")
+
+
+def unified_schema(schemas: list[pa.Schema], files: list[str]) -> pa.Schema:
+    """The union of the shards' columns (first appearance order), without per-file metadata; a
+    column whose type differs between shards is an error naming the column and two files."""
+    fields: dict[str, tuple[pa.Field, str]] = {}
+    for schema, path in zip(schemas, files):
+        for f in schema:
+            seen = fields.get(f.name)
+            if seen is None:
+                fields[f.name] = (f.with_nullable(True), path)
+            elif not seen[0].type.equals(f.type):
+                raise TypeError(
+                    f"column {f.name!r} is {seen[0].type} in {seen[1]} but {f.type} in {path}: version-1 shards of "
+                    "site.positions=all hold per-position lists there; read such shards one by one (pyarrow.parquet)"
+                )
+    return pa.schema([f for f, _ in fields.values()])

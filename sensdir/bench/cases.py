@@ -114,10 +114,10 @@ def step_flops(cfg, T: int, start_layer: int, engine: bool) -> float:
 
 
 def gpt2_shaped_model(device, dtype, seed=0):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from sensdir.model_backend import build_model, model_config
 
     torch.manual_seed(seed)
-    model = HookedTransformer(HookedTransformerConfig(**GPT2_SHAPE, seed=seed), move_to_device=False)
+    model = build_model(model_config(**GPT2_SHAPE, seed=seed))
     model.to(dtype)
     if device.type != "cpu":
         model.to(device)

@@ -54,10 +54,20 @@ class Direction(ABC):
     #: (its KL at the natural length is the subject of the error-pathology ratios [G24]),
     #: "error_baseline" (walked to that same length, the ratios' denominators), or None.
     comparison_role: ClassVar[str | None] = None
+    #: The facts ``propose`` puts in ``Proposal.info``: column name -> "float64" | "int64" |
+    #: "bool" | "string" (docs/shards.md). Every walk shard has the columns of every registered
+    #: type (null where another type wrote the shard); an undeclared fact fails the job.
+    info_columns: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg: DirectionConfig, ctx: DirectionContext):
         self.cfg = cfg
         self.ctx = ctx
+
+    @classmethod
+    def declared_columns(cls) -> dict[str, str]:
+        """This type's fact columns (``info_columns``); a type whose facts depend on other
+        types (``plateau``) overrides it."""
+        return dict(cls.info_columns)
 
     @classmethod
     def returns_for(cls, cfg: DirectionConfig) -> str:
@@ -73,7 +83,11 @@ class Direction(ABC):
         """
 
     def propose_rows(
-        self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], target_index_B: Int[Tensor, " B"], gen: torch.Generator
+        self,
+        base_BD: Float[Tensor, "B d"],
+        base_index_B: Int[Tensor, " B"],
+        target_index_B: Int[Tensor, " B"],
+        gen: torch.Generator,
     ) -> Proposal:
         """``propose`` for rows that also know their target index (``run.n_targets`` rows per
         base): what the job calls. Types whose rows differ by target index (error_correction's
@@ -84,3 +98,14 @@ class Direction(ABC):
     def check_job(cls, cfg: Any) -> None:
         """Checks of the whole job config (e.g. ``run.n_targets``) at startup, before any model
         is loaded; ``ConfigError`` naming the setting. Default: none."""
+        return None
+
+
+def declared_info_columns() -> dict[str, str]:
+    """The fact columns of every registered direction type: what every walk shard carries."""
+    out: dict[str, str] = {}
+    for entry in DIRECTIONS.entries():
+        for name, kind in entry.impl.declared_columns().items():
+            if out.setdefault(name, kind) != kind:
+                raise ValueError(f"direction fact {name!r} is declared as {out[name]} and as {kind} ({entry.name})")
+    return out

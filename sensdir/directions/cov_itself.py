@@ -29,6 +29,7 @@ class CovItselfConfig(DirectionConfig):
 @DIRECTIONS.register("cov_itself", CovItselfConfig)
 class CovItself(Direction):
     returns = "direction"
+    info_columns = {"diff_norm": "float64", "target_norm": "float64"}
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         s_BD = self.ctx.stats.sample_gaussian(base_BD.shape[0], gen).double()

@@ -73,6 +73,7 @@ class CovMixtureConfig(DirectionConfig):
 class CovMixture(ErrorLengthOption):
     returns = "direction"
     comparison_role = "error_baseline"
+    info_columns = {"diff_norm": "float64", "error_norm": "float64"}
     cfg: CovMixtureConfig
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:

@@ -32,6 +32,7 @@ class EpsRandomConfig(DirectionConfig):
 class EpsRandom(Direction):
     returns = "scaled_direction"
     comparison_role = "error_baseline"
+    info_columns = {"error_norm": "float64"}
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         g_BD = torch.randn(base_BD.shape, generator=gen, dtype=torch.float64)  # CPU: reproducible

@@ -141,6 +141,17 @@ def runs_target_index(base_index_B: Tensor) -> Tensor:
 @DIRECTIONS.register("error_correction", ErrorCorrectionConfig)
 class ErrorCorrection(Direction):
     returns = "direction"
+    info_columns = {
+        "pair_index": "int64",
+        "angle_deg": "float64",
+        "pair_ok": "bool",
+        "d1_id": "int64",
+        "d2_id": "int64",
+        "d1_d2_cos": "float64",
+        "pair_source": "string",
+        "d2_orthogonalised": "bool",
+        "rotate_deg": "float64",
+    }
     cfg: ErrorCorrectionConfig
 
     def __init__(self, cfg: ErrorCorrectionConfig, ctx: DirectionContext):
@@ -171,7 +182,9 @@ class ErrorCorrection(Direction):
         if model is None or site is None:
             raise ConfigError(f"error_correction: source={cfg.source!r} needs the model and site in the direction context")
         if cfg.source == "probe":
-            cands, letters = probe_candidates(model, site if isinstance(site, str) else site.hook, cfg.min_f1, cfg.probe_icl_examples)
+            cands, letters = probe_candidates(
+                model, site if isinstance(site, str) else site.hook, cfg.min_f1, cfg.probe_icl_examples
+            )
             return FixedCandidates(cands, letters)
         return FixedCandidates(
             contrastive_candidates(
@@ -184,7 +197,11 @@ class ErrorCorrection(Direction):
         return self.propose_rows(base_BD, base_index_B, runs_target_index(base_index_B.cpu()), gen)
 
     def propose_rows(
-        self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], target_index_B: Int[Tensor, " B"], gen: torch.Generator
+        self,
+        base_BD: Float[Tensor, "B d"],
+        base_index_B: Int[Tensor, " B"],
+        target_index_B: Int[Tensor, " B"],
+        gen: torch.Generator,
     ) -> Proposal:
         cfg, n_ang = self.cfg, len(self.cfg.angles)
         state = self.source.state(base_BD)

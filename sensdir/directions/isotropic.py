@@ -27,6 +27,7 @@ class IsotropicConfig(DirectionConfig):
 @DIRECTIONS.register("isotropic", IsotropicConfig)
 class Isotropic(Direction):
     returns = "target"
+    info_columns = {"target_norm": "float64"}
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         g_BD = torch.randn(base_BD.shape, generator=gen, dtype=torch.float64)  # CPU: reproducible

@@ -32,6 +32,15 @@ class PlateauConfig(DirectionConfig):
 class Plateau(Direction):
     returns = "target"
 
+    @classmethod
+    def declared_columns(cls) -> dict[str, str]:
+        """``start_<fact>`` for every fact of every type that can be a start, and the norms."""
+        out = {"start_norm": "float64", "target_norm": "float64"}
+        for e in DIRECTIONS.entries():
+            if e.impl.returns == "target" and e.impl is not cls:
+                out.update({f"start_{k}": v for k, v in e.impl.declared_columns().items()})
+        return out
+
     def __init__(self, cfg: PlateauConfig, ctx: DirectionContext):
         super().__init__(cfg, ctx)
         starts = [e.name for e in DIRECTIONS.entries() if e.impl.returns == "target" and e.name != "plateau"]

@@ -56,6 +56,8 @@ class ProbeConfig(DirectionConfig):
 class Probe(Direction):
     """The same unit direction ``W[letter] / ||W[letter]||`` for every base."""
 
+    info_columns = {"probe_letter": "string", "probe_f1": "float64"}
+
     returns = "direction"
     cfg: ProbeConfig
 

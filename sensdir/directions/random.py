@@ -26,6 +26,7 @@ class RandomConfig(DirectionConfig):
 @DIRECTIONS.register("random", RandomConfig)
 class Random(Direction):
     returns = "target"
+    info_columns = {"target_norm": "float64"}
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         t_BD = like_base(self.ctx.stats.sample_gaussian(base_BD.shape[0], gen), base_BD, self.ctx.device)

@@ -26,6 +26,7 @@ class RealConfig(DirectionConfig):
 @DIRECTIONS.register("real", RealConfig)
 class Real(Direction):
     returns = "target"
+    info_columns = {"source_index": "int64", "target_norm": "float64"}
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         src_B, b_BD = draw_from_pool(self.ctx.pool_PD, base_BD.shape[0], gen)

@@ -33,6 +33,7 @@ class RealItselfConfig(DirectionConfig):
 @DIRECTIONS.register("real_itself", RealItselfConfig)
 class RealItself(Direction):
     returns = "direction"
+    info_columns = {"source_index": "int64", "diff_norm": "float64"}
 
     def __init__(self, cfg: RealItselfConfig, ctx: DirectionContext):
         super().__init__(cfg, ctx)

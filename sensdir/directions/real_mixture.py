@@ -41,6 +41,7 @@ class RealMixtureConfig(DirectionConfig):
 class RealMixture(ErrorLengthOption):
     returns = "direction"
     comparison_role = "error_baseline"
+    info_columns = {"source_index": "int64", "source_index_2": "int64", "diff_norm": "float64", "error_norm": "float64"}
     cfg: RealMixtureConfig
 
     def __init__(self, cfg: RealMixtureConfig, ctx: DirectionContext):

@@ -38,6 +38,7 @@ class SaeErrorConfig(DirectionConfig):
 class SaeError(Direction):
     returns = "scaled_direction"
     comparison_role = "error"
+    info_columns = {"error_norm": "float64", "base_l0": "int64"}
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         e_BD, f_BS = sae_error(self.ctx.sae, base_BD)

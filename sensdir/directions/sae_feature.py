@@ -70,6 +70,7 @@ class SaeFeatureConfig(DirectionConfig):
 @DIRECTIONS.register("sae_feature", SaeFeatureConfig)
 class SaeFeature(Direction):
     returns = "direction"
+    info_columns = {"latent": "int64", "latent_freq": "float64", "latent_act": "float64", "base_l0": "int64"}
     cfg: SaeFeatureConfig
 
     def __init__(self, cfg: SaeFeatureConfig, ctx: DirectionContext):

@@ -28,6 +28,7 @@ class SaeReconConfig(DirectionConfig):
 @DIRECTIONS.register("sae_recon", SaeReconConfig)
 class SaeRecon(Direction):
     returns = "target"
+    info_columns = {"source_index": "int64", "target_norm": "float64", "target_l0": "int64"}
 
     def propose(self, base_BD: Float[Tensor, "B d"], base_index_B: Int[Tensor, " B"], gen: torch.Generator) -> Proposal:
         src_B, b_BD = draw_from_pool(self.ctx.pool_PD, base_BD.shape[0], gen)

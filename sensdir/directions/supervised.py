@@ -53,6 +53,7 @@ class SupervisedConfig(DirectionConfig):
 
 @DIRECTIONS.register("supervised", SupervisedConfig)
 class Supervised(Direction):
+    info_columns = {"from_value": "string", "to_value": "string", "edit_norm": "float64"}
     cfg: SupervisedConfig
     returns = "scaled_direction"
 

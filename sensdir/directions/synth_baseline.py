@@ -56,6 +56,7 @@ class SynthBaselineConfig(NormMatchableConfig):
 @DIRECTIONS.register("synth_baseline", SynthBaselineConfig)
 class SynthBaseline(Direction):
     returns = "target"
+    info_columns = {"target_norm": "float64", "target_l0": "int64", "base_l0": "int64"}
     cfg: SynthBaselineConfig
 
     def __init__(self, cfg: SynthBaselineConfig, ctx: DirectionContext):

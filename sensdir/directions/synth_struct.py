@@ -66,6 +66,14 @@ class SynthStructConfig(NormMatchableConfig):
 @DIRECTIONS.register("synth_struct", SynthStructConfig)
 class SynthStruct(Direction):
     returns = "target"
+    info_columns = {
+        "anchor_cos": "float64",
+        "target_l0": "int64",
+        "base_l0": "int64",
+        "top_latent": "int64",
+        "anchor_latent": "int64",
+        "target_norm": "float64",
+    }
     cfg: SynthStructConfig
     CHUNK = 256  # bases whose decoder cosines are computed in one matmul (CHUNK x d_sae floats)
 

@@ -19,9 +19,9 @@ from sensdir.site import layer_of_hook
 
 def random_model(seed: int = 0, d_vocab: int = 8192):
     """A randomly initialised HookedTransformer with the embedded model's shape (for smoke tests)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from sensdir.model_backend import build_model, model_config
 
-    cfg = HookedTransformerConfig(
+    cfg = model_config(
         n_layers=4,
         d_model=256,
         n_heads=8,
@@ -34,7 +34,7 @@ def random_model(seed: int = 0, d_vocab: int = 8192):
         seed=seed,
         device="cpu",
     )
-    return HookedTransformer(cfg)
+    return build_model(cfg, move_to_device=True)
 
 
 def _eot_id(model) -> int:

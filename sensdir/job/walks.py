@@ -13,10 +13,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sensdir.artifacts.identity import row_id
-from sensdir.artifacts.schema import build_walk_table
+from sensdir.artifacts.schema import build_walk_table, by_position
 from sensdir.config import SensdirConfig
 from sensdir.data import load_prompts, shard_slice
 from sensdir.directions import DIRECTIONS
+from sensdir.directions.base import declared_info_columns
 from sensdir.engine import WalkEngine, clean_site_resid
 from sensdir.errors import ConfigError
 from sensdir.job.runner import Loaded
@@ -97,7 +98,7 @@ class WalkTask:
 
     def table(self, columns: dict[str, list], metadata: dict[str, Any]) -> pa.Table:
         fields = [f for m in self.metrics for f in m.fields()]
-        return build_walk_table(columns, fields, metadata)
+        return build_walk_table(columns, fields, declared_info_columns(), metadata)
 
     def batches(self) -> Iterator[dict[str, list]]:
         # Bases are walked in blocks of a few forward batches, bounding the [B, K, d] walk tensors.
@@ -128,6 +129,24 @@ class WalkTask:
             "target_index": self.target_index_B[rows].tolist(),
             "seed": [cfg.run.seed] * n,
             "prompt_tokens": self.base_BT[rows].tolist(),
+            **{k: [v] * n for k, v in self._context().items()},
+        }
+
+    def _context(self) -> dict[str, Any]:
+        """Schema-2 context columns: what the job ran on (constant over the shard)."""
+        cfg, sch = self.cfg, self.cfg.schedule
+        disk = cfg.sae.source == "disk"
+        lengths = getattr(self.schedule, "lengths", None)
+        return {
+            "model": cfg.model.name,
+            "sae_release": "disk" if disk else cfg.sae.release,
+            "sae_id": cfg.sae.path if disk else cfg.sae.sae_id,
+            "hook": self.loaded.site.hook,
+            "positions": str(cfg.site.positions),
+            "schedule_n_steps": self.schedule.n_steps,
+            "schedule_step_size": getattr(sch, "step_size", None),
+            "schedule_preset": getattr(sch, "preset", None),
+            "schedule_lengths": list(lengths) if lengths is not None else None,
         }
 
     def _propose(self, rows: slice, gen: torch.Generator) -> _Proposed:
@@ -139,7 +158,9 @@ class WalkTask:
         b, T, D = clean_bTD.shape
         # In "all" mode every position is a base with its own proposal and walk.
         base_nD = (clean_bTD.reshape(b * T, D) if every_position else clean_bTD[:, -1, :]).float()
-        index_n, target_n = (x[rows].repeat_interleave(T) if every_position else x[rows] for x in (self.base_index_B, self.target_index_B))
+        index_n, target_n = (
+            x[rows].repeat_interleave(T) if every_position else x[rows] for x in (self.base_index_B, self.target_index_B)
+        )
         with torch.inference_mode():
             prop = self.direction.propose_rows(base_nD, index_n, target_n, gen)
             walk = self.schedule.walk(base_nD, prop)
@@ -173,9 +194,13 @@ class WalkTask:
                 out[s.column] = value.tolist()
                 if s.censored is not None and s.censored_column is not None:
                     out[s.censored_column] = s.censored(value, valid).tolist()
-        for key in dict.fromkeys(k for p in parts for k in p.info):
-            out[key] = [v for p in parts for v in p.info.get(key, [None] * p.clean_bTD.shape[0])]
-        return out
+        info = {
+            key: [v for p in parts for v in p.info.get(key, [None] * p.clean_bTD.shape[0])]
+            for key in dict.fromkeys(k for p in parts for k in p.info)
+        }
+        if self.cfg.site.positions == "all" and info:  # one value per position: the last's, and all as JSON
+            info, out["info_by_position"] = by_position(info)
+        return {**out, **info}
 
 
 def _info_columns(prop, b: int, per_row: int | None) -> dict[str, list]:

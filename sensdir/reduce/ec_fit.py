@@ -187,7 +187,8 @@ def estimate_p(rows: AngleRows, n_boot: int, rng: np.random.Generator, level: fl
     m_R = ok.log_ratio45()
     has_fit = bool(ok.interior().any())
     loss_RG = np.stack([ok.row_loss(float(np.exp(lp))) for lp in _LOG_P_GRID], axis=1) if has_fit else None
-    closed_b, fit_b = [], []
+    closed_b: list[float] = []
+    fit_b: list[float] = []
     for start in range(0, n_boot, 256):
         counts = rng.multinomial(R, np.full(R, 1 / R), size=min(256, n_boot - start)).astype(np.float64)
         closed_b.extend(p_from_log2_ratio(m) for m in counts @ m_R / R)

@@ -35,8 +35,8 @@ def reduce_studies(comp: Completeness, out_dir: Path, n_boot: int = 1000, seed: 
         res.rows.extend(rows)
         res.figures.update(figs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, figs, tables = error_correction_results(comp, out_dir, n_boot, seed)
-    res.rows.extend(rows)
-    res.figures.update(figs)
-    res.tables.update(tables)
+    ec_rows, ec_figs, ec_tables = error_correction_results(comp, out_dir, n_boot, seed)
+    res.rows.extend(ec_rows)
+    res.figures.update(ec_figs)
+    res.tables.update(ec_tables)
     return res

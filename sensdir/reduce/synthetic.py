@@ -16,7 +16,7 @@ import pyarrow as pa
 from sensdir.artifacts.identity import row_id
 from sensdir.artifacts.layout import ShardFiles
 from sensdir.artifacts.records import write_json_atomic, write_plan, write_table_atomic
-from sensdir.artifacts.schema import ID_FIELDS, SCHEMA_VERSION, schema_metadata
+from sensdir.artifacts.schema import SCHEMA_VERSION, build_walk_table
 from sensdir.config import MetricConfig
 from sensdir.metrics.kl import KL
 from sensdir.metrics.l2 import L2
@@ -139,10 +139,9 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
         "base_norm": pa.array(np.ones(n, np.float32)),
         **{c: pa.array(v) for c, v in _summaries(np.stack([kl_v, l2_v]), valid, MetricConfig()).items()},
     }
-    fields = [*ID_FIELDS, *KL.fields(), *L2.fields()]
+    cols.update({c: pa.array([v] * n) for c, v in _context(spec).items()})
     if spec.natural_length:
         cols["natural_length"] = pa.array(rng.uniform(5, 20, n).astype(np.float32))
-        fields.append(pa.field("natural_length", pa.float32(), nullable=True))
     meta = {
         "schema_version": SCHEMA_VERSION,
         "kind": "walk",
@@ -153,8 +152,26 @@ def shard_table(spec: JobSpec, jkey: str, shard: int, rows: range, rng: np.rando
         "metrics": {m.name: m.describe() for m in (KL, L2)},
         "direction": {"label": spec.direction, "role": _role(spec.direction)},
     }
-    schema = pa.schema(fields, metadata=schema_metadata(meta))
-    return pa.Table.from_arrays([cols[f.name] for f in fields], schema=schema)
+    return build_walk_table(cols, [*KL.fields(), *L2.fields()], _declared(), meta)
+
+
+def _context(spec: JobSpec) -> dict[str, Any]:
+    """The schema-2 context columns of a synthetic job."""
+    sae, disk = spec.sae, spec.sae.get("source") == "disk"
+    return {
+        "model": "embedded",
+        "sae_release": "disk" if disk else sae.get("release"),
+        "sae_id": sae.get("path") if disk else sae.get("sae_id"),
+        "hook": spec.hook,
+        "positions": "last",
+        "schedule_n_steps": spec.n_steps,
+    }
+
+
+def _declared() -> dict[str, str]:
+    from sensdir.directions.base import declared_info_columns
+
+    return declared_info_columns()
 
 
 def write_job(sweep_dir: Path, spec: JobSpec, provenance: dict[str, Any] | None = None) -> Path:
