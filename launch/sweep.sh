@@ -5,7 +5,8 @@
 #
 # runs  python -m sensdir.run -m hydra/launcher=slurm run.name=NAME run.out_dir=$OUT_DIR override...
 # in the background (the "driver": it submits the array, waits for every task, requeues nothing
-# itself, and exits non-zero if a task failed; its log is <sweep dir>/driver.log), then submits
+# itself, and exits non-zero if a task failed; its log is <sweep dir>/driver.log, its exit status
+# <sweep dir>/driver.exit; a sweep of one job is submitted as a plain job, not an array), then submits
 #   python -m sensdir.status <sweep dir> && python -m sensdir.reduce $OUT_DIR/NAME
 # with --dependency=afterany:<array id>: it starts once every task of the array has ended
 # (requeued tasks included) and reduces only if every task is done; the reduce's own
@@ -34,15 +35,18 @@ OUT_DIR=${OUT_DIR:-results}
 SWEEP_DIR=$OUT_DIR/$NAME/hydra/$(date +%Y-%m-%d_%H-%M-%S)-$$  # $$: two launches in one second get their own folders
 mkdir -p "$SWEEP_DIR"
 
-nohup "$PYTHON" -m sensdir.run -m hydra/launcher=slurm "run.name=$NAME" "run.out_dir=$OUT_DIR" \
+# the driver's exit status goes to <sweep dir>/driver.exit when it ends
+nohup bash -c '"$@"; echo $? >"$0"' "$SWEEP_DIR/driver.exit" \
+  "$PYTHON" -m sensdir.run -m hydra/launcher=slurm "run.name=$NAME" "run.out_dir=$OUT_DIR" \
   "hydra.sweep.dir=$SWEEP_DIR" "$@" >"$SWEEP_DIR/driver.log" 2>&1 </dev/null &
 DRIVER=$!
 echo "$DRIVER" >"$SWEEP_DIR/driver.pid"
 
-# submitit names each task's folder <array id>_<task index> as soon as the array is submitted
+# submitit names each task's folder <array id>_<task index> as soon as the array is submitted,
+# or <job id> where the sweep has a single job (submitit submits it as a plain job)
 ARRAY=
 for _ in $(seq 1 600); do
-  ARRAY=$(ls "$SWEEP_DIR/.submitit" 2>/dev/null | sed -n 's/^\([0-9][0-9]*\)_[0-9][0-9]*$/\1/p' | head -n 1 || true)
+  ARRAY=$(ls "$SWEEP_DIR/.submitit" 2>/dev/null | sed -n 's/^\([0-9][0-9]*\)\(_[0-9][0-9]*\)\{0,1\}$/\1/p' | head -n 1 || true)
   [ -n "$ARRAY" ] && break
   if ! kill -0 "$DRIVER" 2>/dev/null; then
     echo "launch: the sweep exited before submitting anything; $SWEEP_DIR/driver.log says:" >&2
@@ -55,11 +59,21 @@ if [ -z "$ARRAY" ]; then
   echo "launch: no array submitted after 10 minutes; see $SWEEP_DIR/driver.log" >&2
   exit 1
 fi
-N_TASKS=$(ls "$SWEEP_DIR/.submitit" | grep -c "^${ARRAY}_" || true)
+N_TASKS=$(ls "$SWEEP_DIR/.submitit" | grep -c -E "^${ARRAY}(_[0-9]+)?$" || true)
 echo "sweep:  array $ARRAY, $N_TASKS task(s); driver pid $DRIVER, log $SWEEP_DIR/driver.log"
+# a task that cannot start on this cluster as asked pends for ever: say so now, with SLURM's reason
+for _ in 1 2 3 4 5; do
+  WHY=$(squeue -h -r -j "$ARRAY" -o '%i %r' 2>/dev/null | grep -E ' (PartitionConfig|BadConstraints|PartitionNodeLimit|PartitionTimeLimit|ReqNodeNotAvail|InvalidAccount|InvalidQOS|PartitionDown|NodeDown)' || true)
+  [ -n "$WHY" ] && break
+  sleep 1
+done
+if [ -n "$WHY" ]; then
+  echo "launch: warning: task(s) that cannot start as asked (SLURM's reason; check partition, cpus_per_task, mem_gb, gres):" >&2
+  echo "$WHY" | head -n 5 | sed 's/^/  /' >&2
+fi
 
 if [ "${NO_REDUCE:-0}" != 1 ]; then
-  GATE="$PYTHON -m sensdir.status $SWEEP_DIR && "
+  GATE="$PYTHON -m sensdir.status $SWEEP_DIR || { rc=\$?; echo \"reduce skipped: sensdir.status $SWEEP_DIR exited \$rc (not every task is done)\"; exit \$rc; }; "
   case " ${REDUCE_ARGS:-} " in *" --allow-partial "*) GATE= ;; esac
   # shellcheck disable=SC2086  # REDUCE_SBATCH is a list of options
   REDUCE=$(sbatch --parsable --job-name="sensdir-reduce-$NAME" \

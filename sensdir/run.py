@@ -20,6 +20,7 @@ from sensdir.config import SensdirConfig, register_configs, to_config
 from sensdir.errors import ConfigError, SensdirError
 from sensdir.hydra_hooks import check_overrides, fail, register_resolvers
 from sensdir.job import run_job
+from sensdir.slurm_queue import install_watcher
 
 log = logging.getLogger("sensdir")
 register_resolvers()  # also in a SLURM task, which imports this module to run ``main``
@@ -104,6 +105,7 @@ def cli() -> None:
     if refused:
         fail(refused)
     sys.argv[1:] = expand_shards(sys.argv[1:])
+    install_watcher()  # hydra/launcher=slurm: the driver sees tasks end without sacct too
     main()
 
 

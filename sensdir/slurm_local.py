@@ -283,8 +283,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sensdir.slurm_local: {e}", file=sys.stderr)
         return 1
     print(cluster.run("sinfo").stdout, end="")
-    print(f"export SLURM_CONF={cluster.conf}")
+    print("\n".join(ready_commands(cluster.conf)))
     return 0
+
+
+# What a task needs on this one CPU node (hydra/launcher=slurm asks for a GPU partition and 4 CPUs).
+LOCAL_OVERRIDES = (
+    f"hydra.launcher.partition={PARTITION}",
+    "hydra.launcher.gres=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+)
+
+
+def ready_commands(conf: Path) -> list[str]:
+    """The lines ``start`` prints: the SLURM_CONF export, then a sweep this node can run."""
+    return [
+        f"export SLURM_CONF={conf}",
+        "# then, for a first sweep on this node (python -m sensdir.status results/trial to follow it):",
+        "launch/sweep.sh trial experiment=quickstart direction=real,random run.shards=2 " + " ".join(LOCAL_OVERRIDES),
+    ]
 
 
 if __name__ == "__main__":

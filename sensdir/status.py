@@ -25,9 +25,9 @@ running or pending.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -39,9 +39,10 @@ from sensdir.artifacts.identity import config_hash, job_dir
 from sensdir.artifacts.layout import MANIFEST, PLAN, ShardFiles, shard_files_in
 from sensdir.artifacts.records import complete_manifest, dumps_json, is_complete
 from sensdir.artifacts.sweep_plan import never_started, read_sweep_plans
+from sensdir.slurm_queue import CANNOT_START, last_error_line, squeue_info
 
 _TASK_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
-STATES = ("done", "running", "pending", "failed", "unknown", "incomplete", "not_started")
+STATES = ("done", "running", "pending", "failed", "unknown", "incomplete", "not_started", "superseded")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TaskStatus:
     job_dir: str | None = None
     plan: bool = False  # the shard's plan file exists (the task got past its checks)
     slurm_state: str | None = None  # what squeue says, if it lists the task
+    slurm_reason: str | None = None  # squeue's reason (why a task is pending)
     log_err: str | None = None
     log_out: str | None = None
     error: str | None = None
@@ -109,12 +111,18 @@ class SweepStatus:
         lines.append(f"  {'TASK':<{width}}  {'STATE':<10}  {'SHARD':<{swidth}}  OVERRIDES")
         for t in self.tasks:
             state = t.state + ("*" if t.slurm_state and t.state in ("running", "pending") and t.plan else "")
-            lines.append(f"  {t.task_id or '-':<{width}}  {state:<10}  {t.shard_name:<{swidth}}  {' '.join(t.overrides)}")
-            if t.state in ("failed", "unknown", "incomplete", "not_started"):
+            slurm = f"  [SLURM {t.slurm_state}{': ' + t.slurm_reason if t.slurm_reason else ''}]" if t.slurm_state else ""
+            lines.append(f"  {t.task_id or '-':<{width}}  {state:<10}  {t.shard_name:<{swidth}}  {' '.join(t.overrides)}{slurm}")
+            pad = f"  {'':<{width}}    "
+            if t.slurm_reason in CANNOT_START:
+                lines.append(f"{pad}cannot start: SLURM says {t.slurm_reason} (it asks for more than the partition allows?)")
+            if t.state in ("failed", "unknown", "incomplete", "not_started", "superseded"):
                 if t.error:
-                    lines.append(f"  {'':<{width}}    error: {t.error}")
+                    lines.append(f"{pad}error: {t.error}")
                 if t.log_err:
-                    lines.append(f"  {'':<{width}}    log:   {t.log_err}")
+                    lines.append(f"{pad}log:   {t.log_err}")
+                elif t.task_id and t.state != "superseded":
+                    lines.append(f"{pad}log:   none (the task never started)")
         if any(t.plan and t.state in ("running", "pending") for t in self.tasks):
             lines.append("  (* the task had written its plan: it was computing its shard)")
         return "\n".join(lines)
@@ -123,31 +131,8 @@ class SweepStatus:
 # -- SLURM side ------------------------------------------------------------------------------
 def squeue_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     """``{"<array>_<index>": state}`` for the arrays given, one line per task; None if squeue fails."""
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    if not arrays:
-        return {}
-    try:
-        res = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if res.returncode != 0:
-        # squeue fails for job ids it no longer knows (all finished long ago): ask without -j
-        if "Invalid job id" not in res.stderr:
-            return None
-        try:
-            res = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if res.returncode != 0:
-            return None
-    out = {}
-    for line in res.stdout.splitlines():
-        jid, _, state = line.strip().partition("|")
-        if jid:
-            out[jid] = state
-    return out
+    info = squeue_info(job_ids)
+    return None if info is None else {k: v[0] for k, v in info.items()}
 
 
 @dataclass
@@ -225,23 +210,12 @@ def _read_result(task: _Task) -> tuple[str, str | None] | None:
     except Exception as e:  # noqa: BLE001 - an unreadable result is a failure to report
         return "failed", f"unreadable result {path}: {e}"
     if kind != "success":
-        return "failed", _last_error_line(str(value))
+        return "failed", last_error_line(str(value))
     status = getattr(value, "status", None)
     if status is not None and status.name == "FAILED":
         err = getattr(value, "_return_value", None)
         return "failed", f"{type(err).__name__}: {err}" if err is not None else "failed"
     return "ok", None
-
-
-def _last_error_line(text: str) -> str | None:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("sensdir: error:"):
-            return ln
-    for ln in reversed(lines):
-        if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln) or "Error:" in ln:
-            return ln
-    return lines[-1] if lines else None
 
 
 def _varying(overrides: list[list[str]]) -> set[str]:
@@ -260,8 +234,11 @@ def sweep_status(sweep_dir: str | Path, squeue: dict[str, str] | None | bool = T
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory {sweep_dir}")
     tasks = find_tasks(sweep_dir)
-    live = squeue_states(t.task_id for t in tasks) if squeue is True else squeue
-    out: list[TaskStatus] = []
+    live: dict[str, tuple[str, str]] | None = None
+    if squeue is True:
+        live = squeue_info(t.task_id for t in tasks)
+    elif isinstance(squeue, dict):
+        live = {k: (v, "") for k, v in squeue.items()}
     subs = []
     for task in tasks:
         try:
@@ -271,46 +248,72 @@ def sweep_status(sweep_dir: str | Path, squeue: dict[str, str] | None | bool = T
     all_overrides = [list(s.args[0]) if s is not None else [] for s in subs]
     varying = _varying([o for o in all_overrides if o])
     seen_shards: set[tuple[str, int, int]] = set()
-    for task, sub, ovs in zip(tasks, subs, all_overrides):
-        st = TaskStatus(state="unknown", task_id=task.task_id, overrides=[o for o in ovs if o.partition("=")[0] in varying])
-        st.log_err, st.log_out = str(task.file("_0_log.err")), str(task.file("_0_log.out"))
-        cfg, compose_error = (None, "unreadable submission") if sub is None else _compose(sub)
-        if sub is not None:
-            st.job_num = sub.args[2]
-        complete = False
-        if cfg is not None:
-            jdir = job_dir(cfg)
-            if not jdir.is_absolute():  # relative to where the sweep was started
-                jdir = _driver_cwd(sub) / jdir
-            jdir = jdir.resolve()  # one spelling per shard, however the sweep was named
-            files = ShardFiles.of(jdir, cfg.run.shard, cfg.run.shards)
-            st.job_key, st.shard, st.shards, st.job_dir = jdir.name, cfg.run.shard, cfg.run.shards, str(jdir)
-            st.plan = files.plan.exists()
-            complete = is_complete(files, config_hash(cfg))
-            seen_shards.add((str(jdir), cfg.run.shard, cfg.run.shards))
-        result = _read_result(task)
-        st.slurm_state = live.get(task.task_id) if isinstance(live, dict) else None
-        if complete:  # also where a later rerun of the sweep completed this task's shard
-            st.state = "done"
-        elif result is not None and result[0] == "failed":
-            st.state, st.error = "failed", result[1] or _log_error(task)
-        elif st.slurm_state is not None:
-            st.state = "running" if st.slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING") else "pending"
-        elif result is not None and result[0] == "ok":
-            st.state, st.error = "failed", "the task ended but its shard is not complete"
-        else:
-            st.state = "unknown" if live is None else "failed"
-            st.error = compose_error or _log_error(task) or "no result: the task was killed or lost (see its log)"
-        if st.state == "failed" and compose_error and not st.error:
-            st.error = compose_error
-        out.append(st)
+    out = [_task_status(task, sub, ovs, varying, live, seen_shards) for task, sub, ovs in zip(tasks, subs, all_overrides)]
+    _supersede(out)
     out += _disk_only_shards(sweep_dir, seen_shards)
     out += _not_started(sweep_dir, seen_shards)
     return SweepStatus(sweep_dir, out, squeue_ok=live is not None)
 
 
+def _task_status(task: _Task, sub, ovs: list[str], varying: set[str], live, seen_shards: set) -> TaskStatus:
+    st = TaskStatus(state="unknown", task_id=task.task_id, overrides=[o for o in ovs if o.partition("=")[0] in varying])
+    st.log_err, st.log_out = str(task.file("_0_log.err")), str(task.file("_0_log.out"))
+    cfg, compose_error = (None, "unreadable submission") if sub is None else _compose(sub)
+    if sub is not None:
+        st.job_num = sub.args[2]
+    complete = False
+    if cfg is not None:
+        jdir = job_dir(cfg)
+        if not jdir.is_absolute():  # relative to where the sweep was started
+            jdir = _driver_cwd(sub) / jdir
+        jdir = jdir.resolve()  # one spelling per shard, however the sweep was named
+        files = ShardFiles.of(jdir, cfg.run.shard, cfg.run.shards)
+        st.job_key, st.shard, st.shards, st.job_dir = jdir.name, cfg.run.shard, cfg.run.shards, str(jdir)
+        st.plan = files.plan.exists()
+        complete = is_complete(files, config_hash(cfg))
+        seen_shards.add((str(jdir), cfg.run.shard, cfg.run.shards))
+    result = _read_result(task)
+    if isinstance(live, dict) and task.task_id in live:
+        st.slurm_state, st.slurm_reason = live[task.task_id][0], live[task.task_id][1] or None
+    started = Path(st.log_err).exists() or Path(st.log_out).exists()
+    if complete:  # also where a later rerun of the sweep completed this task's shard
+        st.state = "done"
+    elif result is not None and result[0] == "failed":
+        st.state, st.error = "failed", result[1] or _log_error(task)
+    elif st.slurm_state is not None:
+        st.state = "running" if st.slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING") else "pending"
+    elif result is not None and result[0] == "ok":
+        st.state, st.error = "failed", "the task ended but its shard is not complete"
+    else:
+        st.state = "unknown" if live is None else "failed"
+        lost = (
+            "no result: the task was killed or lost (see its log)"
+            if started
+            else "never started (no log): cancelled or lost before it ran"
+        )
+        st.error = compose_error or _log_error(task) or lost
+    if st.state == "failed" and compose_error and not st.error:
+        st.error = compose_error
+    if not started:
+        st.log_err = st.log_out = None
+    return st
+
+
+def _supersede(tasks: list[TaskStatus]) -> None:
+    """A failed task whose shard a later task (a rerun of the sweep) took on is ``superseded``."""
+    latest: dict[tuple, TaskStatus] = {}
+    for t in tasks:  # in submission order
+        if t.job_dir is not None:
+            latest[(t.job_dir, t.shard, t.shards)] = t
+    for t in tasks:
+        last = latest.get((t.job_dir, t.shard, t.shards)) if t.job_dir is not None else None
+        if last is not None and last is not t and t.state in ("failed", "unknown"):
+            t.state, t.error = "superseded", f"{t.error or 'failed'}; rerun as task {last.task_id} ({last.state})"
+
+
 def _not_started(sweep_dir: Path, seen: set[tuple[str, int, int]]) -> list[TaskStatus]:
     """Shards of the sweep plans that no task accounts for and that left no file."""
+    sweep_dir = sweep_dir.resolve()  # "x/hydra/.." or a symlink: the folder it names
     root, sweep_id = (sweep_dir.parent.parent, sweep_dir.name) if sweep_dir.parent.name == "hydra" else (sweep_dir, None)
     out = []
     varying = _varying([list(ps.overrides) for ps in read_sweep_plans(root, sweep_id)[0]])
@@ -335,7 +338,7 @@ def _not_started(sweep_dir: Path, seen: set[tuple[str, int, int]]) -> list[TaskS
 
 def _log_error(task: _Task) -> str | None:
     try:
-        return _last_error_line(task.file("_0_log.err").read_text(errors="replace")[-20000:])
+        return last_error_line(task.file("_0_log.err").read_text(errors="replace")[-20000:])
     except OSError:
         return None
 
@@ -377,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"sensdir.status: error: {e}", file=sys.stderr)
         return 2
-    print(dumps_json(status.to_dict()) if a.json else status.render())
+    try:
+        print(dumps_json(status.to_dict()) if a.json else status.render(), flush=True)
+    except BrokenPipeError:  # python -m sensdir.status DIR | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status.exit_code
 
 

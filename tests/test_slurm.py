@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from sensdir.config import register_configs
 from sensdir.run import expand_shards
-from sensdir.status import sweep_status
+from sensdir.status import squeue_states, sweep_status
 from slurm_cluster import (
     LOCAL_LAUNCHER,
     REPO,
@@ -121,7 +121,9 @@ def _pid_running(pid: int) -> bool:
 
 @pytest.mark.slurm
 @pytest.mark.timeout(420)
-def test_sharded_sweep_runs_as_an_array_and_every_row_is_there_once(slurm_cluster, tiny_model_dir, tiny_sae_dir, tmp_path):
+def test_sharded_sweep_runs_as_an_array_and_every_row_is_there_once(
+    slurm_cluster, tiny_model_dir, tiny_sae_dir, tmp_path, monkeypatch
+):
     """launch/sweep.sh, as a cluster user runs it: the array, then the reduce as a dependent job."""
     out = tmp_path / "out"
     env = sweep_env(slurm_cluster, OUT_DIR=str(out), PYTHON=sys.executable, REDUCE_ARGS="--wandb disabled --bootstrap 10")
@@ -148,6 +150,14 @@ def test_sharded_sweep_runs_as_an_array_and_every_row_is_there_once(slurm_cluste
     results = out / "sweep"
     (sweep_dir,) = [p.parent for p in results.glob("hydra/*/driver.log")]
     driver_pid = int((sweep_dir / "driver.pid").read_text())
+    (tmp_path / "link").symlink_to(out)
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)  # the status of "out/sweep", "link/sweep" and the absolute path agree
+    spellings = [results, Path("out/sweep"), Path("link/sweep"), Path("link/sweep/hydra/..")]
+    live = squeue_states(t.name for t in task_dirs(results))  # one snapshot of SLURM for all spellings
+    mid = [sweep_status(p, squeue=live) for p in spellings]
+    assert all(len(m.tasks) == 6 for m in mid), [m.render() for m in mid]
+    assert len({tuple(sorted(m.counts().items())) for m in mid}) == 1 and mid[0].exit_code in (0, 3)
     wait_for(
         lambda: not _pid_running(driver_pid) and reduce_job.group(1) not in squeue(slurm_cluster),
         360,
@@ -166,8 +176,11 @@ def test_sharded_sweep_runs_as_an_array_and_every_row_is_there_once(slurm_cluste
     for p in results.glob("*/shard-*.parquet"):
         shard = int(p.name.split("-")[1])
         assert all(f"/s{shard}/" in r for r in pq.read_table(p, columns=["row_id"]).column("row_id").to_pylist())
-    status = sweep_status(results)
-    assert status.counts() == {"done": 6} and status.exit_code == 0
+    for p in spellings:
+        status = sweep_status(p)
+        assert status.counts() == {"done": 6} and status.exit_code == 0
+    cli = subprocess.run([sys.executable, "-m", "sensdir.status", "out/sweep"], env=env, capture_output=True, text=True)
+    assert cli.returncode == 0 and "6 task(s)/shard(s): 6 done" in cli.stdout, cli.stdout + cli.stderr
     # the dependent reduce job ran after the array: the status gate passed, every planned row once
     reduce_log = (results / f"reduce-{reduce_job.group(1)}.log").read_text()
     assert "6 task(s)/shard(s): 6 done" in reduce_log
@@ -363,4 +376,13 @@ def test_task_with_invalid_config_fails_fast_and_status_names_it(slurm_cluster, 
     )
     assert cli.returncode == 1
     assert "failed" in cli.stdout and bad.log_err in cli.stdout and "layer 9 is outside" in cli.stdout
+    # a reduce run by hand refuses the sweep: one config failed before writing its plan
+    red = [sys.executable, "-m", "sensdir.reduce", str(results), "--no-progress", "--wandb", "disabled", "--bootstrap", "10"]
+    refused = subprocess.run(red, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "failed before planning" in refused.stderr and "site.hook=blocks.9.hook_resid_pre" in refused.stderr
+    partial = subprocess.run([*red, "--allow-partial"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert partial.returncode == 0, partial.stderr
+    page = Path(re.search(r"report:\s+(\S+)", partial.stdout).group(1)).read_text()
+    assert "blocks.9.hook_resid_pre" in page
     report("invalid", f"tasks=2 done=1 failed=1 failed_task={bad.task_id} task_s={task_s:.1f} log={bad.log_err}")

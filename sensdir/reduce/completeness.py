@@ -90,7 +90,8 @@ class Completeness:
         out += [f"truncated shard: {p}: {why}" for p, why in self.truncated_files.items()]
         out += [f"shard without a complete manifest (not read): {p}" for p in self.unfinished_files]
         out += [f"foreign Parquet file (not read): {p}: {why}" for p, why in self.foreign_files.items()]
-        out += [f"never started (listed by the sweep plan, no file written): {d}" for d in self.never_started]
+        never = "never started or failed before planning (listed by the sweep plan, no file written)"
+        out += [f"{never}: {d}" for d in self.never_started]
         out += [f"unreadable plan: {p}: {why}" for p, why in self.bad_plans.items()]
         if self.n_missing_rows:
             shown = ", ".join(self.missing_rows[:5]) + (", ..." if self.n_missing_rows > 5 else "")

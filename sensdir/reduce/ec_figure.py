@@ -50,7 +50,7 @@ def error_correction_figure(rows: list[dict], path: Path) -> Path | None:
         ax.set_xticks([0, 15, 30, 45, 60, 75, 90])
         ax.set_xlabel("angle between d1 and d2 (degrees)")
         ax.set_ylabel("length to KL level / L_pure")
-        ax.set_title(" | ".join(k for k in key if k), fontsize=9)
+        ax.set_title(" | ".join(k for k in key if k and k != "sae's"), fontsize=9)
         ax.legend(fontsize=7, title="dots: data; dotted: p = 2", title_fontsize=7)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")

@@ -12,22 +12,29 @@ read off its pure walks. ``p = 2`` is a quadratic form (the mixture at 45 degree
 length as the pure directions); ``p > 2`` makes mixtures need longer walks, up to ``sqrt 2`` times
 longer as ``p -> inf``.
 
-Estimators, per group of rows (a direction source on one model site) and KL level:
+(choice) Rows are pooled through their *sensitivities* ``L^-2``: for a quadratic response
+``L(u)^-2`` is proportional to ``u^T H u``, so averages of ``L^-2`` over rows are averages of the
+quadratic form, and cross terms ``d1^T H d2`` (which the axis-aligned model lacks) cancel where
+their signs do. A quadratic response then gives ``p = 2`` exactly whatever the two pure lengths
+of each row, and pairs whose mixtures are distributed like the pure directions (isotropic
+random pairs) give ``p = 2`` whatever the response; a mean of per-row log ratios would give
+more than 2 in both cases (Jensen's inequality on the cross terms).
 
-- closed form (METHODS §11): ``p = 1 / (1/2 - m)`` with ``m`` the mean over rows of
-  ``log2(L(45) / L_pure)``; (choice) ``L_pure = ((L(0)^-2 + L(90)^-2) / 2)^(-1/2)``, the pure
-  length that makes the formula exact at ``p = 2`` whatever the two pure lengths are (a
-  quadratic response is never mistaken for ``p != 2``), and exact for every ``p`` when they are
-  equal (the geometric mean would bias a quadratic response below 2);
-- fit over all angles: ``p`` minimising the squared error of ``log L(theta)`` at every angle
-  strictly between 0 and 90 degrees, over all rows at once, with each row's ``s1``, ``s2`` set to
-  its pure lengths (the model passes through them exactly);
-- 95% CIs: percentile bootstrap over rows (the same resamples for both estimators).
+Estimators, per group of rows (a direction source on one model site) and KL level, with
+``<x>`` the mean over rows:
 
-Rows enter when both pure walks and the 45-degree walk reach the level; a censored angle of a
-row in the fit (it never reached the level) is left out of that row's residuals. ``p`` is
-searched on ``[P_MIN, P_MAX]`` and the closed form clipped there: ``P_MAX`` stands for "as large
-as the schedule can tell" (the 45-degree length at ``sqrt 2`` times the pure one).
+- closed form (METHODS §11): ``p = 1 / (1/2 - m)``, ``m = log2(L_mix / L_pure)`` with
+  ``L_mix = <L(45)^-2>^(-1/2)`` and ``L_pure = <(L(0)^-2 + L(90)^-2) / 2>^(-1/2)``; exact under
+  the model when each row's two pure lengths are equal, and at ``p = 2`` always;
+- fit over all angles: ``p`` minimising, over the angles strictly between 0 and 90 degrees,
+  the squared difference of ``log <L(theta)^-2>`` measured and under the model (each row with
+  its own ``s1``, ``s2``, so the model passes through the pure lengths); exact under the model;
+- 95% CIs: percentile bootstrap over (base, pair) rows, the same resamples for both.
+
+Rows enter when their walks at every angle reach the level (the rest are counted as
+censored). ``p`` is searched on ``[P_MIN, P_MAX]`` and the closed form clipped there:
+``P_MAX`` stands for "as large as the schedule can tell" (mixtures needing ``sqrt 2`` times the
+pure length or more).
 """
 
 from __future__ import annotations
@@ -93,49 +100,57 @@ class AngleRows:
     length_RA: np.ndarray
 
     def usable(self) -> AngleRows:
-        """The rows whose pure and 45-degree walks all reach the level."""
-        need = [self._at(0.0), self._at(90.0), self._at(45.0)]
-        ok = np.all(np.isfinite(self.length_RA[:, need]) & (self.length_RA[:, need] > 0), axis=1)
+        """The rows whose walks reach the level at every angle."""
+        self.index_of(0.0), self.index_of(45.0), self.index_of(90.0)  # the grid must have them
+        ok = np.all(np.isfinite(self.length_RA) & (self.length_RA > 0), axis=1)
         return AngleRows(self.theta_A, self.length_RA[ok])
 
-    def _at(self, deg: float) -> int:
+    def index_of(self, deg: float) -> int:
         hit = np.flatnonzero(np.isclose(np.degrees(self.theta_A), deg))
         if not len(hit):
             raise ValueError(f"the angle grid {np.degrees(self.theta_A).tolist()} lacks {deg} degrees")
         return int(hit[0])
 
-    def log_ratio45(self) -> np.ndarray:
-        """Per row, ``log2(L(45) / L_pure)`` (see the module docstring for ``L_pure``)."""
-        return (np.log(self.length_RA[:, self._at(45.0)]) - self.log_pure()) / np.log(2)
-
-    def pure_logs(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.log(self.length_RA[:, self._at(0.0)]), np.log(self.length_RA[:, self._at(90.0)])
-
-    def log_pure(self) -> np.ndarray:
-        """Per row, ``log L_pure = -1/2 log((L(0)^-2 + L(90)^-2) / 2)``."""
-        s1, s2 = self.pure_logs()
-        return -0.5 * (np.logaddexp(-2 * s1, -2 * s2) - np.log(2))
-
     def interior(self) -> np.ndarray:
         deg = np.degrees(self.theta_A)
         return (deg > 1e-9) & (deg < 90 - 1e-9)
 
-    def row_loss(self, p: float) -> np.ndarray:
-        """Per row, the squared log-length error of the model at the interior angles."""
-        s1, s2 = self.pure_logs()
-        inner = self.interior()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            obs = np.log(self.length_RA[:, inner])
-        res = obs - model_log_length(self.theta_A[inner], s1, s2, p)
-        return np.nansum(res**2, axis=1)
+    def sensitivity(self) -> np.ndarray:
+        """``[R, A]``: ``L^-2`` per row and angle."""
+        return self.length_RA**-2.0
 
-    def relative_log_length(self, p: float | None = None) -> np.ndarray:
-        """``log(L(theta) / L_pure)`` per row and angle: observed (``p=None``) or the model's."""
-        s1, s2 = self.pure_logs()
-        ref = self.log_pure()[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.log(self.length_RA) if p is None else model_log_length(self.theta_A, s1, s2, p)
-        return logs - ref
+    def pure_sensitivity(self) -> np.ndarray:
+        """``[R]``: ``(L(0)^-2 + L(90)^-2) / 2``."""
+        s = self.sensitivity()
+        return 0.5 * (s[:, self.index_of(0.0)] + s[:, self.index_of(90.0)])
+
+    def model_sensitivity(self, p: float) -> np.ndarray:
+        """``[R, A]``: ``L^-2`` of the L^p model through each row's pure lengths."""
+        L = self.length_RA
+        return np.exp(-2 * model_log_length(self.theta_A, np.log(L[:, self.index_of(0.0)]), np.log(L[:, self.index_of(90.0)]), p))
+
+    def relative_length(self, p: float | None = None, w_R: np.ndarray | None = None) -> np.ndarray:
+        """``[A]``: ``(<L(theta)^-2> / <L_pure^-2>)^(-1/2)``, measured (``p=None``) or the model's."""
+        w = np.ones(len(self.length_RA)) if w_R is None else w_R
+        s = self.sensitivity() if p is None else self.model_sensitivity(p)
+        return np.sqrt((w @ self.pure_sensitivity()) / (w @ s))
+
+
+def _loss_table(rows: AngleRows) -> tuple[np.ndarray, np.ndarray]:
+    """Measured sensitivities ``[R, A']`` and the model's ``[R, A', G]`` at the interior angles
+    and every grid value of log p."""
+    inner = rows.interior()
+    obs = rows.sensitivity()[:, inner]
+    model = np.stack([rows.model_sensitivity(float(np.exp(lp)))[:, inner] for lp in _LOG_P_GRID], axis=2)
+    return obs, model
+
+
+def _losses(w_NR: np.ndarray, obs_RA: np.ndarray, model_RAG: np.ndarray) -> np.ndarray:
+    """``[N, G]``: the fit's loss for N weightings of the rows, at every grid value of log p."""
+    R, A, G = model_RAG.shape
+    o = np.log(w_NR @ obs_RA)  # [N, A]
+    m = np.log(w_NR @ model_RAG.reshape(R, A * G)).reshape(len(w_NR), A, G)
+    return ((o[:, :, None] - m) ** 2).sum(1)
 
 
 def _refine(losses_G: np.ndarray) -> float:
@@ -154,13 +169,24 @@ def _refine(losses_G: np.ndarray) -> float:
 def fit_p(rows: AngleRows) -> float:
     """The all-angle fit of ``p`` (``rows`` already ``usable``): a grid search on log p, then
     Brent's method between the best grid point's neighbours."""
-    if not len(rows.length_RA) or not rows.interior().any():
+    inner = rows.interior()
+    if not len(rows.length_RA) or not inner.any():
         return float("nan")
-    table = np.array([rows.row_loss(float(np.exp(lp))).sum() for lp in _LOG_P_GRID])
+    obs = np.log(rows.sensitivity()[:, inner].mean(0))
+
+    def loss(lp: float) -> float:
+        return float(((obs - np.log(rows.model_sensitivity(float(np.exp(lp)))[:, inner].mean(0))) ** 2).sum())
+
+    table = np.array([loss(lp) for lp in _LOG_P_GRID])
     i = int(np.argmin(table))
     lo, hi = _LOG_P_GRID[max(i - 1, 0)], _LOG_P_GRID[min(i + 1, len(_LOG_P_GRID) - 1)]
-    res = minimize_scalar(lambda lp: rows.row_loss(float(np.exp(lp))).sum(), bounds=(lo, hi), method="bounded")
+    res = minimize_scalar(loss, bounds=(lo, hi), method="bounded")
     return float(np.exp(res.x)) if res.fun <= table[i] else float(np.exp(_LOG_P_GRID[i]))
+
+
+def closed_form_m(rows: AngleRows, w_NR: np.ndarray) -> np.ndarray:
+    """``[N]``: ``m = log2(L_mix / L_pure)`` of METHODS §11 for N weightings of the rows."""
+    return -0.5 * np.log2((w_NR @ rows.sensitivity()[:, rows.index_of(45.0)]) / (w_NR @ rows.pure_sensitivity()))
 
 
 @dataclass
@@ -171,7 +197,7 @@ class PEstimate:
     p_closed_ci: tuple[float, float]
     p_fit: float
     p_fit_ci: tuple[float, float]
-    log2_ratio45: float  # mean over rows of log2(L(45) / L_pure)
+    log2_ratio45: float  # m = log2(L_mix / L_pure) of the closed form
     n_rows: int  # rows in the estimate
     n_total: int  # rows of the group (the rest are censored at this level)
 
@@ -184,20 +210,19 @@ def estimate_p(rows: AngleRows, n_boot: int, rng: np.random.Generator, level: fl
     nan2 = (float("nan"), float("nan"))
     if R == 0:
         return PEstimate(float("nan"), nan2, float("nan"), nan2, float("nan"), 0, n_total)
-    m_R = ok.log_ratio45()
     has_fit = bool(ok.interior().any())
-    loss_RG = np.stack([ok.row_loss(float(np.exp(lp))) for lp in _LOG_P_GRID], axis=1) if has_fit else None
+    obs, model = _loss_table(ok) if has_fit else (None, None)
     closed_b: list[float] = []
     fit_b: list[float] = []
     for start in range(0, n_boot, 256):
         counts = rng.multinomial(R, np.full(R, 1 / R), size=min(256, n_boot - start)).astype(np.float64)
-        closed_b.extend(p_from_log2_ratio(m) for m in counts @ m_R / R)
-        if loss_RG is not None:
-            fit_b.extend(_refine(row) for row in counts @ loss_RG)
+        closed_b.extend(p_from_log2_ratio(float(m)) for m in closed_form_m(ok, counts))
+        if obs is not None and model is not None:
+            fit_b.extend(_refine(row) for row in _losses(counts, obs, model))
     a = (1 - level) / 2
 
     def ci(xs: list[float]) -> tuple[float, float]:
         return (float(np.quantile(xs, a)), float(np.quantile(xs, 1 - a))) if xs else nan2
 
-    m = float(m_R.mean())
+    m = float(closed_form_m(ok, np.ones((1, R)))[0])
     return PEstimate(p_from_log2_ratio(m), ci(closed_b), fit_p(ok) if has_fit else float("nan"), ci(fit_b), m, R, n_total)

@@ -14,8 +14,9 @@ Tidy rows (``sensdir.reduce.stats`` columns):
   (statistics ``estimate``, ``ci95_low``, ``ci95_high``; ``n`` = (base, pair) rows used),
   ``log2_length_ratio_45`` (``mean``), ``censored_fraction`` (``fraction``, ``n`` = all rows);
 - section ``error_correction_curves``, ``x`` = the angle in degrees: metric
-  ``relative_length@kl=<level>``, statistics ``observed``, ``model_p2`` and ``model_pfit``: the
-  geometric mean over rows of ``L(theta) / L_pure``, measured and under the L^p model.
+  ``relative_length@kl=<level>``, statistics ``observed``, ``model_p2`` and ``model_pfit``:
+  ``(<L(theta)^-2> / <L_pure^-2>)^(-1/2)`` over the rows (the pooled length to the level, relative
+  to the pure directions'), measured and under the L^p model.
 
 Figure ``error_correction.png``: those curves, one panel per group. Table ``error_correction``
 (for the report): one line per group and level with both estimates and their CIs.
@@ -126,20 +127,17 @@ def _p_rows(key: tuple, level: float, e: PEstimate) -> list[dict]:
 
 def _curve_rows(key: tuple, level: float, rows: AngleRows, p_fit: float) -> list[dict]:
     ok = rows.usable()
-    if not len(ok.length_RA):
+    R = len(ok.length_RA)
+    if not R:
         return []
-    out = []
     metric = f"relative_length@kl={level:g}"
-    curves = {"observed": ok.relative_log_length(), "model_p2": ok.relative_log_length(2.0)}
+    curves = {"observed": ok.relative_length(), "model_p2": ok.relative_length(2.0)}
     if np.isfinite(p_fit):
-        curves["model_pfit"] = ok.relative_log_length(p_fit)
-    for stat, logs in curves.items():
-        for a, deg in enumerate(np.degrees(ok.theta_A)):
-            col = logs[:, a]
-            col = col[np.isfinite(col)]
-            if len(col):
-                out.append(_row("error_correction_curves", key, metric, stat, float(np.exp(col.mean())), len(col), deg))
-    return out
+        curves["model_pfit"] = ok.relative_length(p_fit)
+    deg = np.degrees(ok.theta_A)
+    return [
+        _row("error_correction_curves", key, metric, stat, float(v), R, x) for stat, c in curves.items() for x, v in zip(deg, c)
+    ]
 
 
 def error_correction_results(
