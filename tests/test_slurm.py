@@ -305,10 +305,12 @@ def test_cancelled_task_is_resubmitted_by_rerunning_the_sweep(
         cancelled = sweep_status(results)
         assert [t.state for t in cancelled.tasks] == ["done", "failed"]  # killed, no result: failed, log named
         assert cancelled.tasks[1].log_err.endswith(f"{array}_1_0_log.err")
+        # no accounting (sacct) here: the driver sees the cancelled task end through squeue, and ends
+        assert driver.wait(timeout=60) != 0
     finally:
-        # without SLURM accounting (sacct) the driver cannot see the cancelled task end: stop it
-        driver.kill()
-        driver.wait()
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
         log.close()
     mtime = real_manifest.stat().st_mtime_ns
     res = subprocess.run(
