@@ -93,7 +93,7 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu", dtype: torch.
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from sensdir.model_backend import build_model, model_config
+    from sensdir.model_backend import build_model, model_config, place
 
     missing = [n for n in ("config.json", "model.safetensors", "tokenizer") if not (path / n).exists()]
     if missing:
@@ -116,14 +116,7 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu", dtype: torch.
         raise MissingResourceError(
             f"{path}/model.safetensors does not match config.json: missing {missing_w}, unexpected {bad.unexpected_keys}"
         )
-    # (HookedTransformer.to prints a line each time; skip the no-op moves)
-    if dtype != torch.float32:
-        model.to(dtype)
-    if torch.device(device).type != "cpu":
-        model.to(device)
-    model.cfg.device = str(device)
-    model.eval()
-    return model
+    return place(model, device, dtype)
 
 
 def embedded_sae_root() -> Path:

@@ -38,3 +38,15 @@ def build_model(cfg: Any, tokenizer: Any = None, move_to_device: bool = False) -
 def from_pretrained(name: str, device: torch.device | str, dtype: torch.dtype) -> Any:
     """A pretrained model by transformer_lens's name (the Hugging Face hub or its cache)."""
     return _classes()[0].from_pretrained(name, device=str(device), dtype=dtype)
+
+
+def place(model: Any, device: torch.device | str, dtype: torch.dtype) -> Any:
+    """``model`` in ``dtype`` on ``device``, in eval mode. (HookedTransformer.to prints a line
+    each time: the no-op moves are skipped.)"""
+    if dtype != torch.float32:
+        model.to(dtype)
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    model.cfg.device = str(device)
+    model.eval()
+    return model

@@ -152,16 +152,16 @@ def _mlp_weights(spec: ToySpec, feats_FD: torch.Tensor) -> tuple[torch.Tensor, t
 
 def toy_model(tokenizer, spec: ToySpec = ToySpec(), device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """The toy HookedTransformer (see the module docstring), with ``tokenizer``'s vocabulary."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from sensdir.model_backend import build_model, model_config, place
 
     spec.check()
     V = len(tokenizer)
     F, D = spec.n_features, spec.d_model
-    cfg = HookedTransformerConfig(
+    cfg = model_config(
         n_layers=1, d_model=D, n_heads=1, d_head=4, d_mlp=F * len(knots(spec)[0]), n_ctx=spec.n_ctx, d_vocab=V,
         act_fn="relu", normalization_type=None, model_name=NAME, default_prepend_bos=False, seed=spec.seed,
     )  # fmt: skip
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model = build_model(cfg, tokenizer=tokenizer)
     feats = feature_directions(spec)
     W_E = spec.unit * feats[token_features(spec, V)].sum(1)
     W_in, b_in, W_out = _mlp_weights(spec, feats)
@@ -177,13 +177,7 @@ def toy_model(tokenizer, spec: ToySpec = ToySpec(), device: torch.device | str =
         mlp.b_in.copy_(b_in)
         mlp.W_out.copy_(W_out)
         model.unembed.W_U.copy_(W_U)
-    if dtype != torch.float32:
-        model.to(dtype)
-    if torch.device(device).type != "cpu":
-        model.to(device)
-    model.cfg.device = str(device)
-    model.eval()
-    return model
+    return place(model, device, dtype)
 
 
 def toy_sae(spec: ToySpec = ToySpec(), device: torch.device | str = "cpu"):

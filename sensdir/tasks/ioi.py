@@ -178,48 +178,11 @@ GPT2_TEMPLATES: tuple[str, ...] = (
     "The day {A} and {B} visited the {place}, {S} brought a {object} to",
 )
 
-GPT2_NAMES: tuple[str, ...] = (
-    "Mary",
-    "John",
-    "Tom",
-    "James",
-    "Anna",
-    "Paul",
-    "Sarah",
-    "David",
-    "Emma",
-    "Mark",
-    "Laura",
-    "Peter",
-    "Kate",
-    "Michael",
-    "Lisa",
-    "Daniel",
-    "Alice",
-    "Robert",
-    "Jane",
-    "George",
-    "Susan",
-    "Henry",
-    "Grace",
-    "Frank",
-    "Helen",
-    "Jack",
-    "Ruth",
-    "Martin",
-    "Amy",
-    "Simon",
-    "Rose",
-    "Adam",
-    "Eric",
-    "Julia",
-    "Ben",
-    "Lucy",
-    "Sam",
-    "Nancy",
-    "Kevin",
-    "Joe",
-)
+# single GPT-2 tokens (with a leading space): the embedded names less the ones GPT-2 splits,
+# plus "Joe"; the order is the one the GPT-2 prompts were drawn with
+GPT2_NAMES: tuple[str, ...] = tuple(
+    n for n in NAMES if n not in ("Claire", "Carl", "Diana", "Fred", "Ellen", "Victor", "Joan", "Oscar", "Irene", "Tim", "Sophie")
+) + ("Joe",)
 
 # The GPT-2 places are the embedded ones with a more common last word; the objects are the same.
 GPT2_PLACES: tuple[str, ...] = PLACES[:-1] + ("airport",)
