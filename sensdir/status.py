@@ -11,7 +11,14 @@ its logs and, once it has ended, its result. From these, the shard files and ``s
   task is ``pending`` until it starts again);
 - ``failed``: the task ended with an error, or it is gone from ``squeue`` without a complete
   shard (killed, out of memory, node failure); the line names its stderr log;
-- ``unknown``: as failed, but ``squeue`` could not be asked.
+- ``unknown``: as failed, but ``squeue`` could not be asked;
+- ``superseded``: a failed or cancelled task whose shard a later task (a rerun of the sweep)
+  took on; not counted as a failure.
+
+Each SLURM task shows what ``squeue`` says of it, with the pending reason (e.g.
+``PartitionConfig``: the job asks more than the node has and will never start). A task with no
+log yet says "never started"; a failed task's error line is its last real error, not
+progress-bar debris.
 
 Shards of jobs that ran without SLURM (``hydra/launcher=local``) are listed from their files:
 ``done`` or ``incomplete`` (a plan without a complete manifest). Shards that a multirun's
