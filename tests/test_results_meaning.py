@@ -221,3 +221,32 @@ def test_norm_matched_synthetic_targets_take_a_real_activations_norm(tiny_cfg):
     pool_norm = {r["source_index"]: r["target_norm"] for r in real}
     shared = [r for r in matched if r["norm_source_index"] in pool_norm]
     assert shared and all(r["target_norm"] == pytest.approx(pool_norm[r["norm_source_index"]], rel=1e-5) for r in shared)
+
+
+# ------------------------------------------------------------------------ plateau diagnostics (§10)
+def test_plateau_index_and_l2_curvature_on_hand_made_walks(tmp_path):
+    """Random walks whose KL is exactly 4x the real walk's from the same base prompt: plateau
+    index 0.25 at every t. L2 of the real walks grows as step^2 (curvature 2), of the random
+    walks linearly (curvature 1)."""
+    from helpers import reseal
+
+    sweep = make_sweep(tmp_path / "s", [JobSpec("real", 40), JobSpec("random", 40)])
+    paths = {p.parent.name.split("-")[0]: p for p in sweep.glob("*/shard-*.parquet")}
+    real = pq.read_table(paths["real"])
+    steps = np.arange(100, dtype=np.float32)
+    for name, kl_scale, l2 in (("real", 1.0, steps**2), ("random", 4.0, steps)):
+        t = pq.read_table(paths[name])
+        kl = pa.array([[kl_scale * v for v in row] for row in real.column("kl").to_pylist()], pa.list_(pa.float32()))
+        l2_col = pa.array([l2.tolist()] * t.num_rows, pa.list_(pa.float32()))
+        t = t.set_column(t.schema.get_field_index("kl"), t.schema.field("kl"), kl)
+        t = t.set_column(t.schema.get_field_index("l2"), t.schema.field("l2"), l2_col)
+        pq.write_table(t, paths[name])
+        reseal(paths[name])
+    res = reduce_sweep(sweep, tmp_path / "out", wandb="disabled", n_bootstrap=10, progress=False)
+    table = pq.read_table(res.table_parquet)
+    index = lookup(table, section="diagnostics", metric="plateau_index")
+    assert sorted(r["x"] for r in index) == [0.1, 0.2, 0.3]
+    assert all(r["value"] == pytest.approx(0.25, rel=1e-5) and r["n"] == 40 for r in index)
+    curv = {r["direction"]: r["value"] for r in lookup(table, section="diagnostics", metric="l2_curvature")}
+    assert curv["real"] == pytest.approx(2.0) and curv["random"] == pytest.approx(1.0)
+    assert "Does this model show plateaus?" in res.html.read_text()

@@ -73,6 +73,10 @@ def _summary_scalars(data: SweepData, table) -> dict[str, float]:
         if r["section"] == "summary" and r["statistic"] in ("mean", "ks_vs_real") and r["value"] is not None:
             lab = labels.get((r["direction"], r["schedule"], r["sae"], r["hook"]), r["direction"])
             out[f"{r['metric']}/{r['statistic']}/{lab}"] = r["value"]
+        elif r["section"] == "diagnostics" and r["value"] is not None:
+            lab = labels.get((r["direction"], r["schedule"], r["sae"], r["hook"]), r["direction"])
+            at = f"/t{r['x']:g}" if r["x"] is not None else ""
+            out[f"{r['metric']}{at}/{lab}"] = r["value"]
     return out
 
 

@@ -153,6 +153,34 @@ _SUMMARY_INTRO = (
 )
 
 
+def diagnostics_html(table: pa.Table) -> str:
+    """The plateau index and L2 curvature (METHODS §10), first: they say whether the numbers
+    below can carry any signal on this model."""
+    rows = [r for r in table.to_pylist() if r["section"] == "diagnostics"]
+    if not rows:
+        return ""
+    index = [r for r in rows if r["metric"] == "plateau_index" and r["value"] is not None]
+    verdict = ""
+    if index:
+        worst = min(r["value"] for r in index)
+        verdict = (
+            "<div class=warn>The plateau index is near 1: walks toward real activations are not flatter than walks "
+            "toward N(mu, Sigma) samples, so this model shows no activation plateau here and blowup and plateau "
+            "numbers carry little signal.</div>"
+            if worst > 0.8
+            else "<div class=ok>The plateau index is well below 1: walks toward real activations stay flat longer.</div>"
+        )
+    body = _table(
+        ["metric", "t", "direction", "schedule", "sae", "hook", "value", "n"],
+        [[r["metric"], r["x"], r["direction"], r["schedule"], r["sae"], r["hook"], r["value"], r["n"]] for r in rows],
+    )
+    intro = (
+        "<p>Plateau index at t: median over base prompts of KL(real walk) / KL(random walk) from the same base "
+        "(relative schedule); L2 curvature: median of L2[20] / (2 L2[10]), 1 for L2 growing linearly from the start.</p>"
+    )
+    return "<h2>Does this model show plateaus?</h2>" + intro + verdict + body
+
+
 def completeness_html(comp: Completeness) -> str:
     if comp.ok:
         return f"<h2>Completeness</h2><div class=ok>Complete: {html.escape(comp.summary())}.</div>"
@@ -182,6 +210,7 @@ def write_html(
     parts.append(f"<h1>sensdir reduce: {html.escape(str(sweep_dir))}</h1>")
     parts.append(f"<p>Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>")
     parts.append(completeness_html(comp))
+    parts.append(diagnostics_html(table))
     parts.append(_SUMMARY_INTRO + summary_html(table) + thresholds_html(thresholds or {}))
     facts = facts_html(table)
     if facts:

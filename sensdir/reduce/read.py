@@ -23,6 +23,7 @@ from sensdir.artifacts.records import read_metadata
 from sensdir.artifacts.schema import FACT_COLUMNS, direction_of, hook_of, metrics_of
 from sensdir.reduce.arrays import last_valid, list_to_2d, value_at
 from sensdir.reduce.completeness import Completeness, ShardFile
+from sensdir.reduce.diagnostics import row_scalars
 from sensdir.reduce.scalars import batch_scalars, summary_columns
 
 BATCH_ROWS = 8192
@@ -170,6 +171,8 @@ class _SweepReader:
             "direction",
             "schedule",
             "grid_kind",
+            "prompt_index",
+            "target_index",
             *metrics,
             *summary_columns(summaries),
             "n_valid_steps",
@@ -229,6 +232,7 @@ class _SweepReader:
             "group": np.asarray(gids, np.int32)[inv],
             "kl_natural": self._kl_natural(batch, curves.get(NATURAL_METRIC), grid, kind),
             **batch_scalars(batch, summaries),
+            **row_scalars(batch, curves.get("kl"), curves.get("l2"), grid, kind),
         }
         self.parts.append(part)
 

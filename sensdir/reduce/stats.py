@@ -26,6 +26,7 @@ import pyarrow as pa
 from scipy import stats as sps
 
 from sensdir.artifacts.schema import FACT_COLUMNS
+from sensdir.reduce.diagnostics import diagnostic_rows
 from sensdir.reduce.read import SweepData
 from sensdir.reduce.scalars import censored_column
 
@@ -197,7 +198,12 @@ def feature_l0_rows(data: SweepData) -> list[dict]:
 def stats_table(data: SweepData, n_boot: int = 1000, seed: int = 0, extra_rows: Sequence[dict] = ()) -> pa.Table:
     """``extra_rows``: the studies' own tidy rows (sensdir.reduce.studies)."""
     rows = (
-        summary_rows(data, n_boot, seed) + fact_rows(data) + error_pathology_rows(data) + feature_l0_rows(data) + list(extra_rows)
+        diagnostic_rows(data)
+        + summary_rows(data, n_boot, seed)
+        + fact_rows(data)
+        + error_pathology_rows(data)
+        + feature_l0_rows(data)
+        + list(extra_rows)
     )
     schema = pa.schema(
         [(c, pa.string()) for c in COLUMNS[:7]] + [("x", pa.float64()), ("value", pa.float64()), ("n", pa.int64())]
