@@ -250,3 +250,22 @@ def test_plateau_index_and_l2_curvature_on_hand_made_walks(tmp_path):
     curv = {r["direction"]: r["value"] for r in lookup(table, section="diagnostics", metric="l2_curvature")}
     assert curv["real"] == pytest.approx(2.0) and curv["random"] == pytest.approx(1.0)
     assert "Does this model show plateaus?" in res.html.read_text()
+
+
+def test_reduce_writes_saebench_layout_summaries_per_sae(tmp_path):
+    """One JSON per SAE in SAEBench's results layout, metrics as category -> name -> number."""
+    sae_b = {"source": "embedded", "release": "embedded", "sae_id": "blocks.1.hook_resid_pre/topk-16"}
+    sweep = make_sweep(tmp_path / "s", [JobSpec("real", 30), JobSpec("random", 30), JobSpec("real", 20, sae=sae_b)])
+    reduce_sweep(sweep, tmp_path / "out", wandb="disabled", n_bootstrap=10, progress=False)
+    files = sorted((tmp_path / "out" / "saebench").glob("*/*_eval_results.json"))
+    assert [f.name for f in files] == [
+        "embedded_blocks.1.hook_resid_pre_l1-mid_eval_results.json",
+        "embedded_blocks.1.hook_resid_pre_topk-16_eval_results.json",
+    ]
+    rec = json.loads(files[0].read_text())
+    keys = {"eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics", "eval_result_details"}
+    assert keys | {"eval_result_unstructured", "sae_lens_id", "sae_lens_release_id", "sae_lens_version"} <= set(rec)
+    assert rec["sae_lens_id"] == "blocks.1.hook_resid_pre/l1-mid" and rec["sae_lens_release_id"] == "embedded"
+    metrics = rec["eval_result_metrics"]
+    assert all(isinstance(v, float) for cat in metrics.values() for v in cat.values())
+    assert "random_ks_vs_real" in metrics["ms_step_kl"] and {d["direction"] for d in rec["eval_result_details"]} == {"real", "random"}

@@ -20,6 +20,7 @@ from sensdir.reduce.figures import group_labels, make_figures
 from sensdir.reduce.html import write_html
 from sensdir.reduce.outputs import check_out_dir, output_set
 from sensdir.reduce.read import SweepData, read_sweep
+from sensdir.reduce.saebench import write_saebench
 from sensdir.reduce.secrets import sanitize
 from sensdir.reduce.stats import stats_table
 from sensdir.reduce.studies import reduce_studies
@@ -136,6 +137,8 @@ def _write_outputs(
         study_tables=studies.tables,
         thresholds=data.thresholds,
     )
+    versions = (next(iter(data.provenance.values()), {}) or {}).get("versions") or {}
+    write_saebench(new, sweep_dir.resolve().name, table, sanitize(data.configs), versions, settings)
     final = {k: out / p.relative_to(new) for k, p in figures.items()}
     index = {
         "sweep_dir": str(sweep_dir),
