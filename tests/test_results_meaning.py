@@ -268,4 +268,7 @@ def test_reduce_writes_saebench_layout_summaries_per_sae(tmp_path):
     assert rec["sae_lens_id"] == "blocks.1.hook_resid_pre/l1-mid" and rec["sae_lens_release_id"] == "embedded"
     metrics = rec["eval_result_metrics"]
     assert all(isinstance(v, float) for cat in metrics.values() for v in cat.values())
-    assert "random_ks_vs_real" in metrics["ms_step_kl"] and {d["direction"] for d in rec["eval_result_details"]} == {"real", "random"}
+    assert "random_ks_vs_real" in metrics["ms_step_kl"] and {d["direction"] for d in rec["eval_result_details"]} == {
+        "real",
+        "random",
+    }
