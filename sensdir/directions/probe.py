@@ -42,14 +42,7 @@ class ProbeConfig(DirectionConfig):
             raise ConfigError(f"probe: letter={self.letter!r} is not valid; valid choices: {', '.join(LETTERS)}")
 
     def task(self) -> FirstLetterTask:
-        return FirstLetterTask(
-            n_icl_examples=self.n_icl_examples,
-            separator=self.separator,
-            min_word_len=self.min_word_len,
-            max_words=self.max_words,
-            train_frac=self.train_frac,
-            seed=self.seed,
-        )
+        return FirstLetterTask.from_config(self)
 
 
 @DIRECTIONS.register("probe", ProbeConfig)

@@ -123,15 +123,7 @@ class AbsorptionConfig(StudyConfig):
     batch: int = bounded(256, ge=1)
 
     def task(self, seed: int) -> FirstLetterTask:
-        return FirstLetterTask(
-            n_icl_examples=self.n_icl_examples,
-            separator=self.separator,
-            min_word_len=self.min_word_len,
-            max_words=self.max_words,
-            train_frac=self.train_frac,
-            seed=seed,
-            batch=self.batch,
-        )
+        return FirstLetterTask.from_config(self, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,12 @@ class FirstLetterTask:
     seed: int = 0
     batch: int = 256
 
+    @classmethod
+    def from_config(cls, cfg: object, **overrides: object) -> FirstLetterTask:
+        """The task a config describes: its fields of the same names, then ``overrides``."""
+        fields = {f: getattr(cfg, f) for f in cls.__dataclass_fields__ if hasattr(cfg, f)}
+        return cls(**{**fields, **overrides})  # type: ignore[arg-type]
+
     def check(self) -> None:
         if self.n_icl_examples < 0 or self.min_word_len < 1 or self.batch < 1:
             raise ConfigError("first-letter task: n_icl_examples >= 0, min_word_len >= 1 and batch >= 1 are required")
