@@ -83,6 +83,15 @@ class Positions(Choice):
     all = "all"  # [LH24]: every position, each its own walk
 
 
+class WandbMode(Choice):
+    """Per-job W&B logging (``sensdir.job.wandb_log``); ``offline`` writes runs to upload later
+    with ``wandb sync``."""
+
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 class EnginePath(Choice):
     """See ``sensdir.engine.walks``."""
 
@@ -176,6 +185,19 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Opt-in W&B run per job (``sensdir.job.wandb_log``): live per-step mean curves and end
+    summaries. Changes no result, so it is not part of a job's identity. The API key comes from
+    the environment (``WANDB_API_KEY``, ``wandb login``), never from here."""
+
+    mode: WandbMode = WandbMode.disabled
+    project: str | None = None  # None: $WANDB_PROJECT, else "sensdir"
+    entity: str | None = None  # None: $WANDB_ENTITY, else the key's default entity
+    group: str | None = None  # None: the sweep's name (run.name); the reduce joins the same group
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DirectionConfig:
     name: str = MISSING
 
@@ -203,6 +225,7 @@ class SensdirConfig:
     metric: MetricConfig = field(default_factory=MetricConfig)
     run: RunConfig = field(default_factory=RunConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     study: Any = None  # a registered StudyConfig subclass; None = the walks above
     experiment: str | None = None
 

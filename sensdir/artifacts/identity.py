@@ -1,8 +1,8 @@
 """A job's identity: what it computes, hashed.
 
 Settings that change how a job runs but not what it computes (where results go, progress
-bars, which shard of the job, the device, the engine's batching) are left out, so moving a
-sweep to another cluster or batch size finds its finished shards.
+bars, which shard of the job, the device, the engine's batching, W&B logging) are left out, so
+moving a sweep to another cluster or batch size, or logging it to W&B, finds its finished shards.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sensdir.config import SensdirConfig
 
 NOT_IDENTITY = ("out_dir", "progress", "overwrite", "shard", "device")
+NOT_IDENTITY_SECTIONS = ("engine", "wandb")  # how a job runs and reports, not what it computes
 _PLUGIN_GROUPS = ("direction", "schedule", "study")
 
 
@@ -33,7 +34,8 @@ def config_dict(cfg: SensdirConfig) -> dict[str, Any]:
 def config_hash(cfg: SensdirConfig) -> str:
     d = config_dict(cfg)
     d["run"] = {k: v for k, v in d["run"].items() if k not in NOT_IDENTITY}
-    del d["engine"]
+    for section in NOT_IDENTITY_SECTIONS:
+        d.pop(section, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -4,7 +4,9 @@ A job's *task* (walks, or a study) knows what its rows are; the skeleton knows t
 (``sensdir.artifacts``): the plan before any compute, the Parquet shard, then the manifest
 with the Parquet file's sha256. A shard is computed under its lock (a second identical run
 waits, then skips it); a complete shard whose bytes no longer match its manifest is named and
-recomputed; a write that fails (read-only folder, full disk) is an ``OutputError``.
+recomputed; a write that fails (read-only folder, full disk) is an ``OutputError``. With
+``wandb.mode`` set, the rows are logged to a W&B run as they come (``sensdir.job.wandb_log``),
+which never fails the job.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sensdir.artifacts.records import (
 from sensdir.artifacts.schema import SCHEMA_VERSION
 from sensdir.config import SensdirConfig
 from sensdir.errors import OutputError, SensdirError
+from sensdir.job.wandb_log import job_run
 from sensdir.loading import check_site, load_model, load_sae, resolve_device
 from sensdir.provenance import provenance
 from sensdir.site import Site
@@ -144,24 +147,35 @@ def execute(cfg: SensdirConfig, make_task) -> JobResult:
 
 
 def _compute(cfg: SensdirConfig, files: ShardFiles, loaded: Loaded, task: Task, start: tuple[float, str]) -> JobResult:
-    t0, started = start
     chash, jkey = config_hash(cfg), job_key(cfg)
     row_ids = task.plan()
     with _writing(files.plan):
         write_plan(files, jkey, chash, row_ids)
     t_plan = time.perf_counter()
-    columns = _concat(task.batches())
-    got = columns.get("row_id", [])
-    if sorted(got) != sorted(row_ids):
-        raise RuntimeError(
-            f"{task.kind} job {jkey} computed rows {sorted(set(got) ^ set(row_ids))[:5]} it did not plan (or missed them)"
-        )
+    with job_run(cfg, loaded.site.hook, len(row_ids)) as wb:  # a no-op unless wandb.mode is set
+        columns = _concat(wb.observe(task.batches()))
+        got = columns.get("row_id", [])
+        if sorted(got) != sorted(row_ids):
+            raise RuntimeError(
+                f"{task.kind} job {jkey} computed rows {sorted(set(got) ^ set(row_ids))[:5]} it did not plan (or missed them)"
+            )
+        manifest = _write_shard(cfg, files, loaded, task, columns, (*start, t_plan))
+        wb.finish(manifest)
+    log.info("wrote %d rows (%s) -> %s", len(row_ids), jkey, files.parquet)
+    return JobResult(files.job_dir, files.parquet, files.manifest, len(row_ids), skipped=False)
+
+
+def _write_shard(
+    cfg: SensdirConfig, files: ShardFiles, loaded: Loaded, task: Task, columns: dict[str, list], times: tuple[float, str, float]
+) -> dict[str, Any]:
+    """The Parquet shard, then its manifest (returned)."""
+    t0, started, t_plan = times
     t_rows = time.perf_counter()
     meta = {
         "schema_version": SCHEMA_VERSION,
         "kind": task.kind,
-        "config_hash": chash,
-        "job_key": jkey,
+        "config_hash": config_hash(cfg),
+        "job_key": job_key(cfg),
         "seed": cfg.run.seed,
         "config": config_dict(cfg),
         **task.describe(),
@@ -174,7 +188,7 @@ def _compute(cfg: SensdirConfig, files: ShardFiles, loaded: Loaded, task: Task, 
     manifest = {
         **meta,
         "status": "complete",
-        "n_rows": len(row_ids),
+        "n_rows": len(columns.get("row_id", [])),
         "shard": cfg.run.shard,
         "shards": cfg.run.shards,
         "parquet": files.parquet.name,
@@ -188,8 +202,7 @@ def _compute(cfg: SensdirConfig, files: ShardFiles, loaded: Loaded, task: Task, 
     }
     with _writing(files.manifest):
         write_json_atomic(files.manifest, manifest)
-    log.info("wrote %d rows (%s) -> %s", len(row_ids), jkey, files.parquet)
-    return JobResult(files.job_dir, files.parquet, files.manifest, len(row_ids), skipped=False)
+    return manifest
 
 
 def run_job(cfg: SensdirConfig) -> JobResult:

@@ -25,6 +25,7 @@ from sensdir.reduce.secrets import sanitize
 from sensdir.reduce.stats import stats_table
 from sensdir.reduce.studies import reduce_studies
 from sensdir.reduce.wb import log_run
+from sensdir.reduce.wb_group import reduce_config, sweep_target
 
 __all__ = ["IncompleteSweepError", "ReduceResult", "reduce_sweep"]
 
@@ -157,15 +158,9 @@ def _write_outputs(
 def _publish(
     wandb: str, out: Path, sweep_dir: Path, comp: Completeness, data: SweepData, table, figures, settings, reduce_prov
 ) -> dict[str, Any]:
-    """The W&B run of the reduce (mode ``wandb``: auto, online, offline, disabled)."""
-    config = {
-        "sweep_dir": str(sweep_dir.resolve()),
-        "reduce": settings,
-        "complete": comp.ok,
-        "n_rows": data.n_rows,
-        "jobs": sanitize(data.configs),
-        "provenance": reduce_prov,
-    }
+    """The W&B run of the reduce (mode ``wandb``: auto, online, offline, disabled), in the jobs' group."""
+    target = sweep_target(data.configs.values(), sweep_dir)
+    config = reduce_config(sweep_dir, target.group, data, comp, settings, reduce_prov)
     notes = "" if comp.ok else "PARTIAL DATA: " + "; ".join(comp.problems())
     return log_run(
         wandb,
@@ -174,6 +169,9 @@ def _publish(
         figures=figures,
         config=sanitize(config),
         summary=_summary_scalars(data, table),
-        sweep_name=sweep_dir.resolve().name,
+        sweep_name=target.group,
         notes=notes[:2000],
+        project=target.project,
+        entity=target.entity,
+        group=target.group,
     )

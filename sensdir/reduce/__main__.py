@@ -1,4 +1,7 @@
-"""``python -m sensdir.reduce SWEEP_DIR [--out DIR] [--allow-partial] [--wandb MODE] ...``"""
+"""``python -m sensdir.reduce SWEEP_DIR [--out DIR] [--allow-partial] [--wandb MODE] ...``
+
+``--publish-report SWEEP``: build the sweep's W&B Report from its runs already on the server
+(after ``wandb sync`` of offline runs) instead of reducing."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ def _truthy(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sensdir.reduce", description=__doc__)
-    p.add_argument("sweep_dir", help="a sweep directory, e.g. results/quickstart")
+    p.add_argument("sweep_dir", help="a sweep directory, e.g. results/quickstart (--publish-report: or a W&B group name)")
     p.add_argument("--out", default=None, help="output directory (default: SWEEP_DIR/reduce)")
     p.add_argument(
         "--allow-partial",
@@ -34,7 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs of the means")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--publish-report",
+        action="store_true",
+        help="do not reduce: build the W&B Report of SWEEP_DIR's group (or of the group named SWEEP_DIR) "
+        "from its runs on the W&B server (sync offline runs first with wandb sync)",
+    )
+    p.add_argument("--project", default=None, help="--publish-report: the W&B project (default: the jobs' wandb.project)")
+    p.add_argument("--entity", default=None, help="--publish-report: the W&B entity (default: the jobs' or the key's)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.publish_report:
+        return _publish_report(a.sweep_dir, a.project, a.entity)
     try:
         res = reduce_sweep(
             a.sweep_dir,
@@ -67,6 +84,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  wandb:   {res.wandb['mode']} ({res.wandb['warning']})")
     if res.wandb.get("report_url"):
         print(f"  wandb report: {res.wandb['report_url']}")
+    return 0
+
+
+def _publish_report(sweep: str, project: str | None, entity: str | None) -> int:
+    from sensdir.reduce.wb_report import PublishError, publish_report
+
+    try:
+        url = publish_report(sweep, project, entity)
+    except PublishError as e:
+        print(f"sensdir.reduce: error: {e}", file=sys.stderr)
+        return 2
+    print(f"sensdir.reduce: W&B report: {url}")
     return 0
 
 

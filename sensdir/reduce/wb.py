@@ -1,5 +1,6 @@
-"""Weights & Biases: one run per reduce (summary table, figures, config), and, online, a
-W&B Report built with ``wandb_workspaces.reports.v2``.
+"""Weights & Biases: one run per reduce (summary table, figures, flat config) in the sweep's
+group beside the jobs' runs (``job_type="reduce"``), and, online, a W&B Report built with
+``wandb_workspaces.reports.v2`` (``sensdir.reduce.wb_report`` builds one later from synced runs).
 
 The mode (``resolve_mode``): ``WANDB_DISABLED=true`` disables W&B whatever else is asked; an
 explicit ``online``/``offline``/``disabled`` is taken as given; ``auto`` follows ``WANDB_MODE``
@@ -95,12 +96,11 @@ def image_key(name: str) -> str:
     return f"figures/{name}"
 
 
-def build_report(entity: str, project: str, run_name: str, figure_names: list[str], sweep_name: str, notes: str = ""):
-    """The W&B Report of one reduce run: description, the summary table and the figures.
-    Built without any network access; ``.save()`` publishes it (online only)."""
+def reduce_blocks(runset: Any, figure_names: list[str], sweep_name: str, notes: str = "") -> list[Any]:
+    """The report's blocks of one reduce run (``runset`` selects it): description, the summary
+    table, the figures. Shared by the reduce's own report and ``--publish-report``."""
     import wandb_workspaces.reports.v2 as wr
 
-    runset = wr.Runset(entity=entity, project=project, name="this reduce", query=run_name)
     blocks: list[Any] = [
         wr.H1(f"sensdir sweep {sweep_name}"),
         wr.P(
@@ -124,6 +124,16 @@ def build_report(entity: str, project: str, run_name: str, figure_names: list[st
         for i, name in enumerate(figure_names)
     ]
     blocks.append(wr.PanelGrid(runsets=[runset], panels=panels))
+    return blocks
+
+
+def build_report(entity: str, project: str, run_name: str, figure_names: list[str], sweep_name: str, notes: str = ""):
+    """The W&B Report of one reduce run: description, the summary table and the figures.
+    Built without any network access; ``.save()`` publishes it (online only)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    runset = wr.Runset(entity=entity, project=project, name="this reduce", query=run_name)
+    blocks = reduce_blocks(runset, figure_names, sweep_name, notes)
     return wr.Report(entity=entity, project=project, title=f"sensdir reduce: {sweep_name}", description=notes, blocks=blocks)
 
 
@@ -159,8 +169,9 @@ def _log_once(
     notes: str = "",
     project: str | None = None,
     entity: str | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
-    """One run in ``mode`` (online or offline). ``config`` must be sanitized."""
+    """One run in ``mode`` (online or offline), in the jobs' ``group``. ``config`` must be sanitized."""
     import wandb
 
     project = project or os.environ.get("WANDB_PROJECT") or PROJECT
@@ -177,6 +188,7 @@ def _log_once(
         project=project,
         entity=entity,
         name=f"reduce-{sweep_name}",
+        group=group or sweep_name,
         job_type="reduce",
         config=config,
         notes=notes or None,
