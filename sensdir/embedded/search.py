@@ -1,6 +1,7 @@
 """Model search for the embedded default: does any model we can train show activation plateaus?
 
-``python -m sensdir.embedded.search --out DIR [--only NAME ...] [--threads N]`` trains each
+``python -m sensdir.embedded.search --out DIR [--only NAME ...] [--threads N] [--device cuda]
+[--token-scale K]`` trains each
 configuration of :data:`PLAN` (depth, width, MLP ratio, data breadth; tokens along each run) and,
 at token milestones, measures the plateau index and L2 curvature with
 :mod:`sensdir.embedded.plateau_probe` plus the held-out loss. One row per (configuration,
@@ -23,6 +24,7 @@ the probe's prompts come from, and 70% from the Debian text.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -158,8 +160,8 @@ def heldout_loss(model: GPT, stream: np.ndarray, n_ctx: int, max_tokens: int = 6
 class Run:
     """One configuration's training, resumable from ``<out>/<name>/ckpt.pt``."""
 
-    def __init__(self, cfg: SearchConfig, out: Path, data_dir: Path):
-        self.cfg, self.dir, self.data_dir = cfg, out / cfg.name, data_dir
+    def __init__(self, cfg: SearchConfig, out: Path, data_dir: Path, device: str = "cpu"):
+        self.cfg, self.dir, self.data_dir, self.device = cfg, out / cfg.name, data_dir, torch.device(device)
         self.dir.mkdir(parents=True, exist_ok=True)
         vocab = int(json.loads((data_dir / "manifest.json").read_text())["vocab_size"])
         torch.manual_seed(cfg.seed)
@@ -178,6 +180,9 @@ class Run:
             self.opt.load_state_dict(state["opt"])
             self.streams.gen.set_state(state["gen"])
             self.step = state["step"]
+        self.model.to(self.device)
+        for st in self.opt.state.values():  # a checkpoint loads onto the CPU
+            st.update({k: v.to(self.device) if torch.is_tensor(v) and v.dim() else v for k, v in st.items()})
 
     def lr(self) -> float:
         c = self.cfg
@@ -196,7 +201,7 @@ class Run:
         while self.tokens() < tokens:
             for g in self.opt.param_groups:
                 g["lr"] = self.lr()
-            x = self.streams.batch(self.cfg.batch_rows)
+            x = self.streams.batch(self.cfg.batch_rows).to(self.device)
             loss = F.cross_entropy(self.model(x[:, :-1]).reshape(-1, self.model.cfg.d_vocab), x[:, 1:].reshape(-1))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,7 +213,7 @@ class Run:
 
     def checkpoint(self) -> None:
         state = {
-            "model": self.model.state_dict(),
+            "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "opt": self.opt.state_dict(),
             "gen": self.streams.gen.get_state(),
             "step": self.step,
@@ -226,7 +231,7 @@ class Run:
 
         out = self.dir / "model"
         out.mkdir(exist_ok=True)
-        sd = {k: v.detach().to(torch.float16).contiguous() for k, v in self.model.state_dict().items()}
+        sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.model.state_dict().items()}
         save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
         (out / "config.json").write_text(json.dumps(self.model.cfg.hooked_kwargs(), indent=2) + "\n")
         shutil.copytree(self.data_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
@@ -239,10 +244,12 @@ def _done(rows_path: Path) -> set[tuple[str, int]]:
     return {(r["name"], r["tokens"]) for r in map(json.loads, rows_path.read_text().splitlines()) if r}
 
 
-def search_one(cfg: SearchConfig, out: Path, data_dir: Path, prompts, heldout: dict[str, np.ndarray]) -> None:
+def search_one(
+    cfg: SearchConfig, out: Path, data_dir: Path, prompts, heldout: dict[str, np.ndarray], device: str = "cpu"
+) -> None:
     rows_path = out / "search.jsonl"
     done = _done(rows_path)
-    run = Run(cfg, out, data_dir)
+    run = Run(cfg, out, data_dir, device)
     params = run.model.num_params()
     per_step = cfg.batch_rows * cfg.n_ctx
     for milestone in cfg.milestones():
@@ -254,8 +261,9 @@ def search_one(cfg: SearchConfig, out: Path, data_dir: Path, prompts, heldout: d
         if (cfg.name, run.tokens()) in done:
             continue
         row = {**asdict(cfg), "tokens": run.tokens(), "parameters": params, "train_loss": train_loss}
-        row.update({f"heldout_{k}": heldout_loss(run.model, v, cfg.n_ctx) for k, v in heldout.items()})
-        row.update(plateau_probe(run.model, prompts, PROBE_LAYER, seed=cfg.seed))
+        cpu = copy.deepcopy(run.model).cpu()  # measured on the CPU, as the shipped model is
+        row.update({f"heldout_{k}": heldout_loss(cpu, v, cfg.n_ctx) for k, v in heldout.items()})
+        row.update(plateau_probe(cpu, prompts, PROBE_LAYER, seed=cfg.seed))
         row["train_seconds"] = round(time.time() - t0, 1)
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -276,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--only", nargs="*", help="names of PLAN entries to run (default: all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where to train (cpu, cuda); probes run on the CPU")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--token-scale", type=float, default=1.0, help="multiply every configuration's tokens (a longer search)")
     args = ap.parse_args(argv)
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for cfg in PLAN:
         if not args.only or cfg.name in args.only:
-            search_one(replace(cfg, tokens=cfg.tokens * args.token_scale), args.out, data_dir, prompts, heldout)
+            search_one(replace(cfg, tokens=cfg.tokens * args.token_scale), args.out, data_dir, prompts, heldout, args.device)
 
 
 if __name__ == "__main__":
