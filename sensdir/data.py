@@ -8,10 +8,12 @@ them) and ``base`` prompts (the ones perturbed). Stats and pool come first so th
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,35 +51,63 @@ def _documents(cfg: DataConfig, seed: int) -> Iterator[str]:
 
 
 def _hf_documents(cfg: DataConfig, seed: int) -> Iterator[str]:
+    """The shuffled stream's texts: first the rows prefetched by ``sensdir-prefetch`` (the
+    same rows, in the same order; ``sensdir.data_cache``), then the stream past them."""
     if not cfg.dataset:
         raise ConfigError("data.source=hf needs data.dataset (e.g. Skylion007/openwebtext)")
+    from sensdir import data_cache
+
+    local = None if data_cache.is_local(cfg) else data_cache.path_for(cfg, seed)
+    n = 0
+    if local is not None and data_cache.rows_in(local, cfg, seed):
+        for text in data_cache.read_texts(local, cfg):
+            n += 1
+            yield text
+    yield from itertools.islice(hf_texts(cfg, seed, prefetched=(local, n) if n else None), n, None)
+
+
+def hf_texts(cfg: DataConfig, seed: int, prefetched: tuple[Path | None, int] | None = None) -> Iterator[str]:
+    """The texts of ``cfg``'s dataset, streamed by ``datasets`` and shuffled with ``seed``.
+    ``prefetched``: (the prefetched file, its rows) when a job needs more rows than it holds."""
     import datasets
 
+    from sensdir.data_cache import SHUFFLE_BUFFER
     from sensdir.errors import MissingResourceError
     from sensdir.hub import dataset_hint, hub_call
 
     kwargs = {"split": cfg.split, "streaming": True}
     if cfg.data_files:
         kwargs["data_files"] = cfg.data_files
+    name, how = dataset_hint(str(cfg.dataset))
+    if prefetched is not None:
+        name = f"{name} past the {prefetched[1]} rows prefetched to {prefetched[0]}"
+        how = f"Rerun sensdir-prefetch with this job's overrides, where the hub is reachable, to prefetch more rows. {how}"
     try:
-        ds = hub_call(dataset_hint(cfg.dataset), lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config, **kwargs))
+        ds = hub_call((name, how), lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config, **kwargs))
     except MissingResourceError:
         raise
     except FileNotFoundError as e:  # e.g. data.data_files names no local file
         raise MissingResourceError(f"cannot load dataset {cfg.dataset!r} (data_files={cfg.data_files!r}): {e}") from None
-    ds = ds.shuffle(seed=seed, buffer_size=10_000)
+    ds = ds.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
     for row in ds:
         yield row[cfg.text_column]
 
 
-def _prompts(docs: Iterable[str], tokenizer, cfg: DataConfig, need: int) -> list[list[int]]:
+def prompt_ids(doc: str, tokenizer, cfg: DataConfig) -> list[int] | None:
+    """The prompt a document gives (its first ``n_ctx`` tokens, BOS first when
+    ``prepend_bos``), or None when it is shorter."""
     bos = [tokenizer.bos_token_id] if cfg.prepend_bos and tokenizer.bos_token_id is not None else []
     want = cfg.n_ctx - len(bos)
+    ids = tokenizer.encode(doc, add_special_tokens=False)
+    return bos + ids[:want] if len(ids) >= want else None
+
+
+def _prompts(docs: Iterable[str], tokenizer, cfg: DataConfig, need: int) -> list[list[int]]:
     out: list[list[int]] = []
     for doc in docs:
-        ids = tokenizer.encode(doc, add_special_tokens=False)
-        if len(ids) >= want:
-            out.append(bos + ids[:want])
+        ids = prompt_ids(doc, tokenizer, cfg)
+        if ids is not None:
+            out.append(ids)
             if len(out) == need:
                 break
     return out

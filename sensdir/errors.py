@@ -13,6 +13,11 @@ class MissingResourceError(SensdirError, FileNotFoundError):
     """Weights, an SAE or data are not where the configuration says."""
 
 
+class HubUnreachableError(MissingResourceError):
+    """A resource is neither in the local Hugging Face cache nor downloadable (no network, or
+    HF_HUB_OFFLINE=1)."""
+
+
 class CorruptResourceError(SensdirError, ValueError):
     """Weights, an SAE or a config file are there but unreadable (truncated, damaged, wrong format)."""
 

@@ -3,7 +3,9 @@
 ``hub_call`` runs a loader that reads the hub or its local cache. When the resource is not
 cached and the hub cannot be reached (no network, or ``HF_HUB_OFFLINE=1``) the loader's
 exception chain (and huggingface_hub's "Retrying in 1s [Retry 1/5]" warnings) is replaced
-by one ``MissingResourceError`` saying what is missing and how to get it here.
+by one ``HubUnreachableError`` (a ``MissingResourceError``) saying what is missing and how to get
+it here: ``sensdir-prefetch`` on a machine with hub access. (``sensdir.resources`` checks every
+resource of a job before loading, and lists all the missing ones at once.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from sensdir.errors import MissingResourceError
+from sensdir.errors import HubUnreachableError
 
 T = TypeVar("T")
 
@@ -74,9 +76,11 @@ def cache_dir() -> str:
         return "$HF_HOME/hub"
 
 
+PREFETCH = "sensdir-prefetch"
 _FILL = (
-    "On a machine with hub access, run the same command once with HF_HOME=DIR{alt}, copy DIR here and set "
-    "HF_HOME=DIR (or use the embedded default: model=embedded sae=embedded data=embedded)."
+    f"On a machine with hub access (e.g. the login node), run `{PREFETCH}` with this run's overrides and "
+    "HF_HOME=DIR{alt}; then set HF_HOME=DIR here (DIR on storage both machines share, or copied here). "
+    "Or use the embedded default: model=embedded sae=embedded data=embedded."
 )
 
 
@@ -105,7 +109,9 @@ def sae_hint(release: str, sae_id: str) -> tuple[str, str]:
 def dataset_hint(dataset: str) -> tuple[str, str]:
     return (
         f"dataset {dataset!r} (Hugging Face dataset repo, streamed by `datasets`)",
-        "Streamed data is never cached. On a machine with hub access download its Parquet files, "
+        "Streamed data is never cached by `datasets`. On a machine with hub access (e.g. the login node), "
+        f"`{PREFETCH}` with this run's overrides and HF_HOME=DIR writes the rows the jobs read as Parquet under "
+        "DIR/sensdir/datasets; set HF_HOME=DIR here. Or download its Parquet files, "
         f"e.g. `hf download {dataset} --repo-type dataset --include '*.parquet' --local-dir DIR` (add "
         "--revision refs/convert/parquet if the repo holds no Parquet files), copy DIR here and run with "
         "data.dataset=parquet data.data_files='DIR/**/*.parquet' (or use data=embedded).",
@@ -114,7 +120,7 @@ def dataset_hint(dataset: str) -> tuple[str, str]:
 
 def hub_call(what: str | tuple[str, str], fn: Callable[[], T]) -> T:
     """``fn()``; when it fails because the resource is neither cached nor downloadable, one
-    ``MissingResourceError`` naming ``what`` (a name, or (name, how to get it) from the
+    ``HubUnreachableError`` naming ``what`` (a name, or (name, how to get it) from the
     ``*_hint`` functions) instead of the loader's traceback."""
     name, how = what if isinstance(what, tuple) else (what, _FILL.format(alt=""))
     with _quiet_retries():
@@ -122,7 +128,7 @@ def hub_call(what: str | tuple[str, str], fn: Callable[[], T]) -> T:
             return fn()
         except Exception as e:  # noqa: BLE001 - re-raised unless it is the offline case
             if _is_offline_error(e):
-                raise MissingResourceError(
+                raise HubUnreachableError(
                     f"cannot load {name}: it is not in the Hugging Face cache ({cache_dir()}) and the hub is "
                     f"unreachable (no network, or HF_HUB_OFFLINE=1). {how}"
                 ) from None

@@ -8,6 +8,8 @@
   before a multirun, every job's config is composed as the sweeper will, each job's name is
   checked, and the sweep-level plan (``sensdir.artifacts.sweep_plan``) is written, so jobs
   that never start are still known.
+- ``compose_config``: the composed config as frozen dataclasses, an unknown key or a value the
+  schema rejects as one ``ConfigError`` (for the run and for ``sensdir-prefetch``).
 - The ``sensdir_run_id`` resolver names Hydra's log folder ``<time>-<pid>``: two runs started
   in the same second do not share one.
 
@@ -16,6 +18,7 @@ A problem ends the command with one line ``sensdir: error: ...`` and exit status
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -26,9 +29,12 @@ from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from sensdir.artifacts.identity import job_key, name_problem, sweep_dir
 from sensdir.artifacts.sweep_plan import write_sweep_plan
+from sensdir.config import SensdirConfig, to_config
+from sensdir.errors import ConfigError
 
 # The last component of an override's key that names a credential (not e.g. ``n_tokens``).
 SECRET_KEY = re.compile(r"(api[_-]?key|secret|passw(or)?d|credentials?|(^|_)token|auth)$", re.IGNORECASE)
@@ -69,6 +75,32 @@ def check_overrides(args: list[str]) -> str | None:
     return None
 
 
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys added with ``+key=value`` that no config dataclass has (e.g. ``+data.n_prompt``)."""
+    out = []
+    cls = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else None
+    for key in map(str, node.keys()):
+        if fields is not None and key not in fields:
+            out.append(f"{prefix}{key}")
+        elif OmegaConf.is_dict(node._get_node(key)):
+            out += unknown_keys(node[key], f"{prefix}{key}.")
+    return out
+
+
+def compose_config(cfg: DictConfig) -> SensdirConfig:
+    """``to_config`` with its failures (an unknown key, a value the schema rejects) as ConfigError."""
+    try:
+        return to_config(cfg)
+    except (dataclasses.FrozenInstanceError, OmegaConfBaseException, TypeError, ValueError) as e:
+        unknown = unknown_keys(cfg)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(unknown)}; python -m sensdir.run --cfg job lists the valid ones"
+            ) from e
+        raise ConfigError(f"the composed config is invalid: {type(e).__name__}: {e}") from e
+
+
 def _probe_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -103,8 +135,6 @@ def job_overrides(config: DictConfig) -> list[list[str]] | None:
 def _plan_entry(config: DictConfig, num: int, overrides: list[str]) -> tuple[Path | None, dict[str, Any]]:
     """(the job's sweep folder, its sweep-plan entry), composing its config as the launcher will."""
     from hydra.core.global_hydra import GlobalHydra
-
-    from sensdir.config import to_config
 
     entry: dict[str, Any] = {"job_num": num, "overrides": list(overrides)}
     try:

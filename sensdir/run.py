@@ -7,55 +7,27 @@ overrides). With ``hydra/launcher=slurm`` each job is one task of a SLURM array.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from sensdir.config import SensdirConfig, register_configs, to_config
-from sensdir.errors import ConfigError, SensdirError
-from sensdir.hydra_hooks import check_overrides, fail, register_resolvers
-from sensdir.job import run_job
+from sensdir.config import register_configs
+from sensdir.errors import HubUnreachableError, SensdirError
+from sensdir.hydra_hooks import check_overrides, compose_config, fail, register_resolvers
+from sensdir.job import JobResult, run_job
 from sensdir.slurm_queue import install_watcher
 
 log = logging.getLogger("sensdir")
 register_resolvers()  # also in a SLURM task, which imports this module to run ``main``
 
 
-def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    """Keys added with ``+key=value`` that no config dataclass has (e.g. ``+data.n_prompt``)."""
-    out = []
-    cls = OmegaConf.get_type(node)
-    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else None
-    for key in map(str, node.keys()):
-        if fields is not None and key not in fields:
-            out.append(f"{prefix}{key}")
-        elif OmegaConf.is_dict(node._get_node(key)):
-            out += unknown_keys(node[key], f"{prefix}{key}.")
-    return out
-
-
-def compose_config(cfg: DictConfig) -> SensdirConfig:
-    """``to_config`` with its failures (an unknown key, a value the schema rejects) as ConfigError."""
-    try:
-        return to_config(cfg)
-    except (dataclasses.FrozenInstanceError, OmegaConfBaseException, TypeError, ValueError) as e:
-        unknown = unknown_keys(cfg)
-        if unknown:
-            raise ConfigError(
-                f"unknown config key(s) {', '.join(unknown)}; python -m sensdir.run --cfg job lists the valid ones"
-            ) from e
-        raise ConfigError(f"the composed config is invalid: {type(e).__name__}: {e}") from e
-
-
 @hydra.main(config_path="conf", config_name="config", version_base=None)  # sensdir/conf, shipped in the package
 def main(cfg: DictConfig) -> None:
     try:
-        result = run_job(compose_config(cfg))
+        result = _run(cfg)
     except SensdirError as e:
         log.error("%s", e)
         print(f"sensdir: error: {e}", file=sys.stderr)
@@ -66,6 +38,30 @@ def main(cfg: DictConfig) -> None:
             raise
         sys.exit(2)
     print(f"sensdir: results in {result.job_dir}")
+
+
+def _task_overrides() -> list[str]:
+    """This job's overrides as Hydra recorded them (in a multirun: with this job's sweep values)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # HydraConfig not set: main called outside Hydra
+        return [a for a in sys.argv[1:] if not a.startswith("-")]
+
+
+def _run(cfg: DictConfig) -> JobResult:
+    """Compose, check that every resource the job loads is here when offline (one error naming
+    all the missing ones, ``sensdir.resources``), run the job."""
+    from sensdir.resources import preflight, widen
+
+    config = compose_config(cfg)
+    overrides = _task_overrides()
+    preflight(config, overrides)
+    try:
+        return run_job(config)
+    except HubUnreachableError as e:  # the hub unreachable without HF_HUB_OFFLINE: name all
+        raise widen(e, config, overrides) from None
 
 
 _MULTIRUN_FLAGS = ("-m", "--multirun")

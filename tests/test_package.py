@@ -23,7 +23,7 @@ import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("sensdir-run", "sensdir-reduce", "sensdir-status", "sensdir-bench")
+SCRIPTS = ("sensdir-run", "sensdir-reduce", "sensdir-status", "sensdir-bench", "sensdir-prefetch")
 
 
 def _requirement_name(req: str) -> str:
@@ -117,6 +117,8 @@ def test_wheel_installs_and_runs_a_job_and_a_reduce_from_another_directory(insta
     assert (work / "out" / "w" / "reduce" / "report.html").exists()
     res = _run(installed, ["sensdir-status", "out/w"], work)
     assert res.returncode == 0 and "done" in res.stdout, res.stdout + res.stderr
+    res = _run(installed, ["sensdir-prefetch", "-m", "direction=real,random"], work)
+    assert res.returncode == 0 and "nothing to fetch for 2 jobs" in res.stdout, res.stdout + res.stderr
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from sensdir.config import bounded
+from sensdir.config import DataConfig, bounded
 from sensdir.data import load_prompts
 from sensdir.sae_metrics import ReconstructionStats, ce_loss_recovered, dead_fraction
 from sensdir.studies.base import STUDIES, Study, StudyConfig
@@ -24,6 +24,11 @@ class SaeQualityConfig(StudyConfig):
     n_prompts: int = bounded(200, ge=1)
     n_ctx: int = bounded(32, ge=2)
     batch: int = bounded(32, ge=1)
+
+
+def prompt_data(data: DataConfig, cfg: SaeQualityConfig) -> DataConfig:
+    """The data the study reads: ``cfg.n_prompts`` prompts of ``cfg.n_ctx`` tokens from ``data``."""
+    return replace(data, n_ctx=cfg.n_ctx, n_prompts=cfg.n_prompts, n_stats=1, n_pool=1)
 
 
 @STUDIES.register("sae_quality", SaeQualityConfig)
@@ -42,8 +47,7 @@ class SaeQuality(Study):
     @torch.inference_mode()
     def run(self) -> dict[str, list]:
         ctx, cfg = self.ctx, self.cfg
-        data = replace(ctx.cfg.data, n_ctx=cfg.n_ctx, n_prompts=cfg.n_prompts, n_stats=1, n_pool=1)
-        tokens = load_prompts(data, ctx.model.tokenizer, ctx.seed).base_BT
+        tokens = load_prompts(prompt_data(ctx.cfg.data, cfg), ctx.model.tokenizer, ctx.seed).base_BT
         hook, sae = ctx.site.hook, ctx.sae
         acc = ReconstructionStats(sae.cfg.d_sae)
         ce = {"clean": 0.0, "recon": 0.0, "zero": 0.0}
