@@ -62,6 +62,7 @@ class SaeSource(Choice):
     sae_lens = "sae_lens"  # SAE.from_pretrained(release, sae_id)
     disk = "disk"  # SAE.load_from_disk(path)
     toy_error_correction = "toy_error_correction"  # the toy model's true features as an SAE (sensdir.toy_model)
+    none = "none"  # no SAE: only direction types that need none (real, random, ...); site.hook must be set
 
 
 class DataSource(Choice):
@@ -115,6 +116,14 @@ class SaeConfig:
     release: str = "embedded"
     sae_id: str = "blocks.1.hook_resid_pre/l1-mid"
     path: str | None = None
+
+    def described(self) -> tuple[str, str | None]:
+        """(release, id) as shards and W&B runs name the SAE: a disk SAE by its path."""
+        if self.source == SaeSource.disk:
+            return "disk", self.path
+        if self.source == SaeSource.none:
+            return "none", None
+        return self.release, self.sae_id
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,8 @@ def embedded_sae_ids() -> list[str]:
 def load_sae(cfg: SaeConfig, device: torch.device):
     from sae_lens import SAE
 
+    if cfg.source == "none":
+        return None
     if cfg.source == "embedded":
         path = embedded_sae_root() / cfg.sae_id
         if not (path / "cfg.json").is_file():
@@ -165,6 +167,8 @@ def sae_hook_name(sae) -> str | None:
 def check_site(model, sae, hook: str | None) -> Site:
     """The site must be a residual hook of this model, and the SAE must read exactly it.
     With no hook given, the site is the SAE's own hook."""
+    if hook is None and sae is None:
+        raise ConfigError("sae.source=none: set site.hook (e.g. site.hook=blocks.1.hook_resid_pre)")
     if hook is None:
         hook = sae_hook_name(sae)
         if hook is None:
@@ -173,6 +177,8 @@ def check_site(model, sae, hook: str | None) -> Site:
         site = Site.parse(hook, model.cfg.n_layers)
     except SiteError as e:
         raise ConfigError(str(e)) from None
+    if sae is None:
+        return site
     sae_hook = sae_hook_name(sae)
     if sae_hook is not None and sae_hook != hook:
         raise ConfigError(

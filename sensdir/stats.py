@@ -35,8 +35,8 @@ def compute_stats(acts_NTD: Float[Tensor, "N T d"], sae, cfg: StatsConfig, skip_
     cov_DD = cov_DD + cfg.cov_eps * torch.eye(cov_DD.shape[0], dtype=cov_DD.dtype, device=cov_DD.device)
     chol_DD = torch.linalg.cholesky(cov_DD)
     all_MD = (acts_NTD[:, 1:] if skip_first else acts_NTD).reshape(-1, acts_NTD.shape[-1])
-    fires = torch.zeros(sae.cfg.d_sae, device=acts_NTD.device)
-    for i in range(0, all_MD.shape[0], 4096):
+    fires = torch.zeros(sae.cfg.d_sae if sae is not None else 0, device=acts_NTD.device)
+    for i in range(0, all_MD.shape[0] if sae is not None else 0, 4096):
         fires += (sae.encode(all_MD[i : i + 4096].to(sae.W_dec.dtype)) > 0).float().sum(0)
     dt = acts_NTD.dtype
     return SiteStats(

@@ -101,6 +101,8 @@ def validate_study(cfg: SensdirConfig):
     from sensdir.studies import STUDIES
 
     entry = _entry("study", STUDIES, cfg.study)
+    if cfg.sae.source == "none":
+        raise ConfigError(f"study {cfg.study.name!r} studies an SAE; sae.source=none gives it none")
     _check_choices(cfg)
     check_numbers(cfg)
     if cfg.run.shards != 1:
@@ -121,6 +123,9 @@ def validate_walks(cfg: SensdirConfig) -> Schedule:
         raise ConfigError(str(e)) from None
     returns = direction.impl.returns_for(cfg.direction)
     direction.impl.check_job(cfg)
+    if cfg.sae.source == "none" and direction.impl.uses_sae(cfg.direction):
+        free = ", ".join(e.name for e in DIRECTIONS.entries() if not e.impl.uses_sae(e.config_cls()))
+        raise ConfigError(f"direction {cfg.direction.label()!r} reads the SAE, and sae.source=none; types that need none: {free}")
     if returns not in schedule.accepts:
         able = ", ".join(e.name for e in SCHEDULES.entries() if returns in e.impl.accepts)
         raise ConfigError(

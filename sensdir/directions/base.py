@@ -58,6 +58,8 @@ class Direction(ABC):
     #: "bool" | "string" (docs/shards.md). Every walk shard has the columns of every registered
     #: type (null where another type wrote the shard); an undeclared fact fails the job.
     info_columns: ClassVar[dict[str, str]] = {}
+    #: Whether ``propose`` reads the SAE (``ctx.sae``); types that do not run with ``sae.source=none``.
+    needs_sae: ClassVar[bool] = True
 
     def __init__(self, cfg: DirectionConfig, ctx: DirectionContext):
         self.cfg = cfg
@@ -93,6 +95,11 @@ class Direction(ABC):
         base): what the job calls. Types whose rows differ by target index (error_correction's
         pairs and angles, METHODS §11) override it; the others ignore the index."""
         return self.propose(base_BD, base_index_B, gen)
+
+    @classmethod
+    def uses_sae(cls, cfg: DirectionConfig) -> bool:
+        """Whether this type reads the SAE under ``cfg`` (default: ``needs_sae``)."""
+        return cls.needs_sae
 
     @classmethod
     def check_job(cls, cfg: Any) -> None:

@@ -28,6 +28,7 @@ class CovItselfConfig(DirectionConfig):
 
 @DIRECTIONS.register("cov_itself", CovItselfConfig)
 class CovItself(Direction):
+    needs_sae = False
     returns = "direction"
     info_columns = {"diff_norm": "float64", "target_norm": "float64"}
 

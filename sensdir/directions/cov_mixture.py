@@ -47,6 +47,10 @@ class ErrorLengthOption(Direction):
     def returns_for(cls, cfg) -> str:
         return "scaled_direction" if cfg.natural_length == "sae_error" else "direction"
 
+    @classmethod
+    def uses_sae(cls, cfg) -> bool:
+        return cfg.natural_length == "sae_error"
+
     def __init__(self, cfg, ctx: DirectionContext):
         super().__init__(cfg, ctx)
         check_choice(cfg.name, "natural_length", cfg.natural_length, NATURAL_LENGTHS)

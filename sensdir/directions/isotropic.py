@@ -26,6 +26,7 @@ class IsotropicConfig(DirectionConfig):
 
 @DIRECTIONS.register("isotropic", IsotropicConfig)
 class Isotropic(Direction):
+    needs_sae = False
     returns = "target"
     info_columns = {"target_norm": "float64"}
 

@@ -41,6 +41,14 @@ class Plateau(Direction):
                 out.update({f"start_{k}": v for k, v in e.impl.declared_columns().items()})
         return out
 
+    @classmethod
+    def uses_sae(cls, cfg: DirectionConfig) -> bool:
+        try:
+            start = DIRECTIONS.get(getattr(cfg, "start", "real"))
+        except KeyError:
+            return True  # an unknown start is reported by the constructor's own check
+        return start.impl.uses_sae(start.config_cls())
+
     def __init__(self, cfg: PlateauConfig, ctx: DirectionContext):
         super().__init__(cfg, ctx)
         starts = [e.name for e in DIRECTIONS.entries() if e.impl.returns == "target" and e.name != "plateau"]

@@ -47,6 +47,7 @@ class ProbeConfig(DirectionConfig):
 
 @DIRECTIONS.register("probe", ProbeConfig)
 class Probe(Direction):
+    needs_sae = False
     """The same unit direction ``W[letter] / ||W[letter]||`` for every base."""
 
     info_columns = {"probe_letter": "string", "probe_f1": "float64"}

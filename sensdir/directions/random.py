@@ -25,6 +25,7 @@ class RandomConfig(DirectionConfig):
 
 @DIRECTIONS.register("random", RandomConfig)
 class Random(Direction):
+    needs_sae = False
     returns = "target"
     info_columns = {"target_norm": "float64"}
 

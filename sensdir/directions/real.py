@@ -25,6 +25,7 @@ class RealConfig(DirectionConfig):
 
 @DIRECTIONS.register("real", RealConfig)
 class Real(Direction):
+    needs_sae = False
     returns = "target"
     info_columns = {"source_index": "int64", "target_norm": "float64"}
 

@@ -32,6 +32,7 @@ class RealItselfConfig(DirectionConfig):
 
 @DIRECTIONS.register("real_itself", RealItselfConfig)
 class RealItself(Direction):
+    needs_sae = False
     returns = "direction"
     info_columns = {"source_index": "int64", "diff_norm": "float64"}
 

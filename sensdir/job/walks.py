@@ -135,12 +135,12 @@ class WalkTask:
     def _context(self) -> dict[str, Any]:
         """Schema-2 context columns: what the job ran on (constant over the shard)."""
         cfg, sch = self.cfg, self.cfg.schedule
-        disk = cfg.sae.source == "disk"
+        sae_release, sae_id = cfg.sae.described()
         lengths = getattr(self.schedule, "lengths", None)
         return {
             "model": cfg.model.name,
-            "sae_release": "disk" if disk else cfg.sae.release,
-            "sae_id": cfg.sae.path if disk else cfg.sae.sae_id,
+            "sae_release": sae_release,
+            "sae_id": sae_id,
             "hook": self.loaded.site.hook,
             "positions": str(cfg.site.positions),
             "schedule_n_steps": self.schedule.n_steps,

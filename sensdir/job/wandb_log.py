@@ -72,7 +72,7 @@ def _options(prefix: str, sub: Any) -> dict[str, Any]:
 
 def flat_config(cfg: SensdirConfig, hook: str) -> dict[str, Any]:
     """The job's W&B config: flat keys, the same for every job of a kind (``hook``: the resolved site)."""
-    disk = cfg.sae.source == "disk"
+    sae_release, sae_id = cfg.sae.described()
     walks = cfg.study is None
     return {
         "sweep": str(cfg.run.name),
@@ -85,8 +85,8 @@ def flat_config(cfg: SensdirConfig, hook: str) -> dict[str, Any]:
         "schedule": cfg.schedule.name if walks else None,
         "n_steps": cfg.schedule.n_steps if walks else None,
         "model": cfg.model.name,
-        "sae_release": "disk" if disk else cfg.sae.release,
-        "sae_id": cfg.sae.path if disk else cfg.sae.sae_id,
+        "sae_release": sae_release,
+        "sae_id": sae_id,
         "hook": hook,
         "positions": str(cfg.site.positions),
         "n_prompts": cfg.data.n_prompts,

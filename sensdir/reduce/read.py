@@ -119,6 +119,8 @@ class SweepData:
 
 def sae_label(cfg: dict[str, Any]) -> str:
     sae = cfg.get("sae") or {}
+    if sae.get("source") == "none":
+        return "none"
     if sae.get("source") == "disk" and sae.get("path"):
         return Path(sae["path"]).name
     release, sae_id = sae.get("release", "?"), sae.get("sae_id", "?")

@@ -62,7 +62,7 @@ def write_saebench(out_dir: Path, sweep_name: str, table: pa.Table, configs: dic
     ids = _sae_ids(configs)
     rows = [r for r in table.to_pylist() if r["section"] in ("summary", "diagnostics", "target_facts")]
     written = []
-    for sae in sorted({r["sae"] for r in rows}):
+    for sae in sorted({r["sae"] for r in rows} - {"none"}):  # sae.source=none: no SAE to file results under
         release, sae_id = ids.get(sae, ("", sae))
         mine = [r for r in rows if r["sae"] == sae]
         record = {
