@@ -1,6 +1,7 @@
 # make run   - create .venv if missing, then run the quickstart sweep on the embedded model
 # make test  - create .venv if missing, then lint (ruff, mypy) and run the test suite
 # make lint  - ruff check, ruff format --check, mypy sensdir
+# make wheel-check - build the wheel, install it with its dependencies in a fresh venv, run a job from elsewhere
 # make bench - sensdir's engine against the papers' computation (writes bench.json)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +16,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.sensdir-installed
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: venv run lint test test-fast test-slurm bench bench-reduce clean-results
+.PHONY: venv run lint test test-fast test-slurm wheel-check bench bench-reduce clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,9 @@ test-fast: $(STAMP)
 
 test-slurm: $(STAMP)
 	$(PY) -m pytest -m slurm
+
+wheel-check:
+	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" PYTHON=$(PYTHON) launch/wheel_check.sh
 
 bench: $(STAMP)
 	$(PY) -m sensdir.bench --out bench.json
