@@ -11,6 +11,8 @@
 # with --dependency=afterany:<array id>: it starts once every task of the array has ended
 # (requeued tasks included) and reduces only if every task is done; the reduce's own
 # completeness check then fails, naming the rows, if a shard is missing, corrupt or duplicated.
+# hydra/launcher=slurm_local among the overrides replaces hydra/launcher=slurm: it sizes the
+# tasks for the one-node cluster of launch/local_slurm.sh.
 #
 # Environment:
 #   PYTHON             interpreter (default: .venv/bin/python if present, else python)
@@ -59,7 +61,12 @@ if [ -z "$ARRAY" ]; then
   echo "launch: no array submitted after 10 minutes; see $SWEEP_DIR/driver.log" >&2
   exit 1
 fi
-N_TASKS=$(ls "$SWEEP_DIR/.submitit" | grep -c -E "^${ARRAY}(_[0-9]+)?$" || true)
+# the array's size from its submission script (#SBATCH --array=0-<last>%<at once>; the folder
+# <array id> holds it beside the tasks' <array id>_<index>); a sweep of one job has no such line
+SUBMISSION=$SWEEP_DIR/.submitit/$ARRAY/${ARRAY}_submission.sh
+for _ in 1 2 3 4 5; do [ -s "$SUBMISSION" ] && break; sleep 1; done
+LAST=$(sed -n 's/^#SBATCH --array=0-\([0-9][0-9]*\).*/\1/p' "$SUBMISSION" 2>/dev/null | head -n 1 || true)
+N_TASKS=$((${LAST:-0} + 1))
 echo "sweep:  array $ARRAY, $N_TASKS task(s); driver pid $DRIVER, log $SWEEP_DIR/driver.log"
 # a task that cannot start on this cluster as asked pends for ever: say so now, with SLURM's reason
 for _ in 1 2 3 4 5; do

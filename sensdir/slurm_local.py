@@ -1,32 +1,52 @@
 """A single-node SLURM cluster on this machine, for tests and for trying the sweep scripts.
 
-``python -m sensdir.slurm_local start [DIR]`` writes a minimal ``slurm.conf`` under DIR
-(default ``/tmp/sensdir-slurm``; free ports, its own munge socket, so several clusters can run
-side by side), starts ``munged``, ``slurmctld`` and ``slurmd`` as root, and waits until
-``sinfo`` shows the node idle. It prints
-``export SLURM_CONF=DIR/slurm.conf``: SLURM's commands (sbatch, squeue, scontrol) and the
-submitit launcher read the cluster from that variable. ``stop [DIR]`` stops the daemons it
-started, by the pids in DIR. Needs root and Debian's ``slurm-wlm`` and ``munge`` packages
-(``apt-get install slurm-wlm munge``); ``check`` says whether they are there.
+``python -m sensdir.slurm_local start [DIR]`` writes a minimal ``slurm.conf`` under DIR (free
+ports, its own munge socket, so several clusters run side by side), starts ``munged``,
+``slurmctld`` and ``slurmd`` as root, and waits until ``sinfo`` shows the node idle. It prints
+``export SLURM_CONF=DIR/slurm.conf`` on stdout (SLURM's commands and the submitit launcher read
+the cluster from that variable), so ``eval "$(... start)"`` sets it; the node and a first sweep
+command go to stderr. ``stop [DIR]`` stops the daemons started from DIR, by their pid files.
 
-Only the standard library is used, so this also runs outside the project's virtualenv.
+DIR is the user's own: ``$SENSDIR_SLURM_DIR`` if set, else ``$XDG_RUNTIME_DIR/sensdir-slurm``,
+else ``~/.cache/sensdir/slurm`` (under sudo: of the user who ran sudo), else, where that path is
+too long for the daemons' UNIX sockets, ``/tmp/sensdir-slurm-<user>``. ``start`` records the
+user in DIR/owner; neither ``start`` nor ``stop`` touches a cluster another user owns. Needs
+root and ``apt-get install slurm-wlm munge``; ``check`` says whether they are there. Only the
+standard library is used, so this also runs outside the project's virtualenv.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pwd
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_DIR = Path("/tmp/sensdir-slurm")
+DIR_ENV = "SENSDIR_SLURM_DIR"
 PARTITION = "debug"
+# munged and slurmstepd bind UNIX sockets under DIR: at most 107 bytes on Linux (sun_path[108]);
+# slurmstepd's is SlurmdSpoolDir/<node>_<job id>.<step id>, each id up to 10 digits.
+SOCKET_PATH_MAX = 107
+_STEP_SOCKET = len("/_4294967294.4294967294")
+
+
+# slurm.conf settings every local cluster shares; write_conf adds its host, ports and paths.
+_FIXED_CONF = (
+    "ClusterName=sensdir-local SlurmUser=root SlurmdUser=root AuthType=auth/munge CredType=cred/munge "
+    "ProctrackType=proctrack/linuxproc TaskPlugin=task/none SelectType=select/cons_tres SelectTypeParameters=CR_Core "
+    "SchedulerType=sched/backfill JobAcctGatherType=jobacct_gather/none AccountingStorageType=accounting_storage/none "
+    "JobCompType=jobcomp/none MpiDefault=none ReturnToService=2 JobRequeue=1 KillWait=5 MinJobAge=600 InactiveLimit=0 "
+    "SlurmctldTimeout=30 SlurmdTimeout=30 SlurmctldDebug=info SlurmdDebug=info"
+).split()
 
 
 class ClusterUnavailable(RuntimeError):
@@ -51,6 +71,56 @@ def why_unavailable() -> str | None:
     return None
 
 
+def invoking_user() -> int:
+    """The uid a cluster started here belongs to: under sudo the user who ran sudo, else ours."""
+    uid, sudo = os.getuid(), os.environ.get("SUDO_UID", "")
+    return int(sudo) if uid == 0 and sudo.isdigit() else uid
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def socket_path_problem(root: Path) -> str | None:
+    """None if the UNIX sockets of a cluster in ``root`` fit the system's limit, else why not."""
+    root = Path(os.path.abspath(root))
+    sockets = (root / "munge" / "munge.socket", f"{root / 'spool'}{'x' * (len(_host()) + _STEP_SOCKET)}")
+    longest = max(len(os.fsencode(s)) for s in sockets)
+    if longest <= SOCKET_PATH_MAX:
+        return None
+    return f"{root} is too long for the UNIX sockets munged and slurmstepd make in it ({longest} > {SOCKET_PATH_MAX} bytes); name a shorter DIR"
+
+
+def default_dir() -> Path:
+    """The folder ``start`` and ``stop`` use when none is named: the user's own (module docstring)."""
+    if os.environ.get(DIR_ENV):
+        return Path(os.environ[DIR_ENV]).expanduser()
+    uid = invoking_user()
+    mine = uid == os.getuid()
+    candidates = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir() and Path(runtime).stat().st_uid == uid:
+        candidates.append(Path(runtime) / "sensdir-slurm")
+    try:
+        home = Path.home() if mine else Path(pwd.getpwuid(uid).pw_dir)
+        cache = Path(os.environ["XDG_CACHE_HOME"]) if mine and os.environ.get("XDG_CACHE_HOME") else home / ".cache"
+        if home.is_dir():  # not a home like /nonexistent
+            candidates.append(cache / "sensdir" / "slurm")
+    except (KeyError, RuntimeError):
+        pass
+    for c in candidates:
+        if c.is_absolute() and socket_path_problem(c) is None:
+            return c
+    return Path(tempfile.gettempdir()) / f"sensdir-slurm-{user_name(uid).replace(' ', '')}"
+
+
 def _bin(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
@@ -71,6 +141,32 @@ class LocalCluster:
     def log_dir(self) -> Path:
         return self.root / "log"
 
+    @property
+    def owner_file(self) -> Path:
+        return self.root / "owner"
+
+    def owner(self) -> int | None:
+        """The uid this folder's cluster belongs to: the one recorded in DIR/owner, else the folder's."""
+        try:
+            return int(self.owner_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return self.root.stat().st_uid
+        except OSError:
+            return None
+
+    def check_owner(self) -> None:
+        """Refuse a folder whose cluster belongs to another user."""
+        owner, me = self.owner(), invoking_user()
+        # a folder without DIR/owner made by this process's user (root, under sudo) is free too
+        if owner is None or owner == me or (owner == os.geteuid() and not self.owner_file.exists()):
+            return
+        raise ClusterUnavailable(
+            f"{self.root} holds the cluster of {user_name(owner)}, not yours ({user_name(me)}); "
+            f"leave it alone and start your own: launch/local_slurm.sh start [DIR] (default {default_dir()})"
+        )
+
     def env(self, base: dict | None = None) -> dict:
         """An environment in which SLURM's commands talk to this cluster."""
         env = dict(os.environ if base is None else base)
@@ -82,7 +178,7 @@ class LocalCluster:
 
     # -- configuration -------------------------------------------------------------------
     def write_conf(self) -> None:
-        host = socket.gethostname().split(".")[0]
+        host = _host()
         cpus = os.cpu_count() or 1
         mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.9)
         for sub in ("state", "spool", "log"):
@@ -94,41 +190,19 @@ class LocalCluster:
             "\n".join(
                 [
                     "# Written by sensdir.slurm_local: a one-node cluster for tests and trials.",
-                    "ClusterName=sensdir-local",
                     f"SlurmctldHost={host}",
-                    "SlurmUser=root",
-                    "SlurmdUser=root",
-                    "AuthType=auth/munge",
-                    "CredType=cred/munge",
+                    *_FIXED_CONF,
                     # this cluster's own munged; a requeued job waits cred_expire + 1 s before it
                     # may start again (default 120)
                     f"AuthInfo=socket={self.munge_socket},cred_expire=10",
                     f"SlurmctldPort={ctld_port}",
                     f"SlurmdPort={slurmd_port}",
-                    "ProctrackType=proctrack/linuxproc",
-                    "TaskPlugin=task/none",
-                    "SelectType=select/cons_tres",
-                    "SelectTypeParameters=CR_Core",
-                    "SchedulerType=sched/backfill",
-                    "JobAcctGatherType=jobacct_gather/none",
-                    "AccountingStorageType=accounting_storage/none",
-                    "JobCompType=jobcomp/none",
-                    "MpiDefault=none",
-                    "ReturnToService=2",
-                    "JobRequeue=1",
-                    "KillWait=5",
-                    "MinJobAge=600",
-                    "InactiveLimit=0",
-                    "SlurmctldTimeout=30",
-                    "SlurmdTimeout=30",
                     f"StateSaveLocation={r / 'state'}",
                     f"SlurmdSpoolDir={r / 'spool'}",
                     f"SlurmctldPidFile={r / 'slurmctld.pid'}",
                     f"SlurmdPidFile={r / 'slurmd.pid'}",
                     f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
                     f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
-                    "SlurmctldDebug=info",
-                    "SlurmdDebug=info",
                     f"NodeName={host} CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
                     f"PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP",
                     "",
@@ -169,28 +243,32 @@ class LocalCluster:
         _wait(self._munge_ok, 15, "munged to answer")
 
     def _pid(self, name: str) -> int | None:
+        """The pid in DIR/<name>.pid if that process is the daemon started from this folder (its
+        command line names a file in it), else None: a stale pid file never reaches another process."""
         try:
-            return int((self.root / f"{name}.pid").read_text().strip())
+            pid = int((self.root / f"{name}.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
+        here = os.fsencode(f"{self.root}/")
+        ours = Path(os.fsdecode(cmdline[0])).name == name and any(here in arg for arg in cmdline[1:])
+        return pid if ours else None
 
     def _alive(self, name: str) -> bool:
         pid = self._pid(name)
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
+        return pid is not None and _pid_alive(pid)
 
     def start(self, timeout: float = 60) -> LocalCluster:
-        reason = why_unavailable()
+        reason = why_unavailable() or socket_path_problem(self.root)
         if reason:
             raise ClusterUnavailable(reason)
+        self.check_owner()
         if self._alive("slurmctld") and self._alive("slurmd") and self._idle():
             return self
         self.stop()
+        self.root.mkdir(parents=True, exist_ok=True)
+        me = invoking_user()
+        self.owner_file.write_text(f"{me} {user_name(me)}\n")
         self.write_conf()
         self._start_munge()
         env = self.env()
@@ -211,12 +289,16 @@ class LocalCluster:
             return False
         return bool(out) and all(s.rstrip("*") in ("idle", "mixed", "allocated") for s in out)
 
-    def stop(self) -> None:
-        """Stop the daemons started from this directory, by their pid files."""
+    def stop(self) -> list[str]:
+        """Stop the daemons started from this directory, by their pid files; returns their names."""
+        self.check_owner()
+        stopped = []
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self._pid(name)
             if pid is None:
+                (self.root / f"{name}.pid").unlink(missing_ok=True)
                 continue
+            stopped.append(f"{name} (pid {pid})")
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -227,6 +309,7 @@ class LocalCluster:
                 except TimeoutError:
                     os.kill(pid, signal.SIGKILL)
             (self.root / f"{name}.pid").unlink(missing_ok=True)
+        return stopped
 
 
 def _free_ports(n: int) -> list[int]:
@@ -266,42 +349,47 @@ def _wait(pred, timeout: float, what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sensdir.slurm_local", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=("start", "stop", "check"))
-    p.add_argument("dir", nargs="?", default=str(DEFAULT_DIR), help=f"state, spool and logs (default {DEFAULT_DIR})")
+    p.add_argument("dir", nargs="?", help=f"state, spool, logs and pids (default: ${DIR_ENV}, else {default_dir()})")
     a = p.parse_args(argv)
+    root = Path(a.dir).expanduser() if a.dir else default_dir()
     if a.action == "check":
-        reason = why_unavailable()
-        print(reason or "ok: a local SLURM cluster can be started here")
+        reason = why_unavailable() or socket_path_problem(root)
+        print(reason or f"ok: a local SLURM cluster can be started here, in {root}")
         return 1 if reason else 0
-    cluster = LocalCluster(Path(a.dir).resolve())
-    if a.action == "stop":
-        cluster.stop()
-        print(f"stopped the daemons of {cluster.root}")
-        return 0
+    cluster = LocalCluster(Path(os.path.abspath(root)))
     try:
+        if a.action == "stop":
+            stopped = cluster.stop()
+            print(f"stopped {', '.join(stopped)} of {cluster.root}" if stopped else f"no cluster runs from {cluster.root}")
+            return 0
         cluster.start()
     except ClusterUnavailable as e:
         print(f"sensdir.slurm_local: {e}", file=sys.stderr)
         return 1
-    print(cluster.run("sinfo").stdout, end="")
-    print("\n".join(ready_commands(cluster.conf)))
+    export, *hints = ready_commands(cluster.conf)
+    print(cluster.run("sinfo").stdout, end="", file=sys.stderr)
+    print(export, flush=True)
+    print("\n".join(hints), file=sys.stderr)
     return 0
 
 
-# What a task needs on this one CPU node (hydra/launcher=slurm asks for a GPU partition and 4 CPUs).
-LOCAL_OVERRIDES = (
-    f"hydra.launcher.partition={PARTITION}",
-    "hydra.launcher.gres=null",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=2",
+# A first sweep this one CPU node can run: hydra/launcher=slurm_local is hydra/launcher=slurm with
+# its partition, no GPU, one CPU and 2 GB per task.
+TRIAL_SWEEP = (
+    "launch/sweep.sh trial hydra/launcher=slurm_local experiment=quickstart direction=real,random "
+    "data.n_prompts=4 schedule.n_steps=20"
 )
 
 
 def ready_commands(conf: Path) -> list[str]:
-    """The lines ``start`` prints: the SLURM_CONF export, then a sweep this node can run."""
+    """What ``start`` prints: the SLURM_CONF export (stdout), then how to go on (stderr)."""
+    d = shlex.quote(str(conf.parent))
     return [
-        f"export SLURM_CONF={conf}",
-        "# then, for a first sweep on this node (python -m sensdir.status results/trial to follow it):",
-        "launch/sweep.sh trial experiment=quickstart direction=real,random run.shards=2 " + " ".join(LOCAL_OVERRIDES),
+        f"export SLURM_CONF={shlex.quote(str(conf))}",
+        f'# run that export in your shell (or: eval "$(launch/local_slurm.sh start {d})"), then a first sweep:',
+        TRIAL_SWEEP,
+        "python -m sensdir.status results/trial",
+        f"launch/local_slurm.sh stop {d}",
     ]
 
 

@@ -82,10 +82,19 @@ def test_one_job_sweep_that_cannot_start_is_reported_and_its_driver_ends_after_s
 
 
 def test_local_cluster_start_prints_the_conf_line_and_a_sweep_this_node_can_run(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from sensdir.config import register_configs
     from sensdir.slurm_local import ready_commands
 
-    export, _, sweep = ready_commands(tmp_path / "slurm.conf")
+    export, _, sweep, *_ = ready_commands(tmp_path / "slurm.conf")
     assert export == f"export SLURM_CONF={tmp_path / 'slurm.conf'}"
-    assert sweep.startswith("launch/sweep.sh trial ")
-    for override in LOCAL_LAUNCHER[1:4]:  # partition, no GPU, one CPU: what the local node has
-        assert override in sweep.split()
+    assert sweep.startswith("launch/sweep.sh trial ") and "hydra/launcher=slurm_local" in sweep.split()
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "sensdir" / "conf"), version_base=None):
+        launcher = compose("config", overrides=["hydra/launcher=slurm_local"], return_hydra_config=True).hydra.launcher
+    # the preset is hydra/launcher=slurm with what the local node has: its partition, no GPU, one CPU
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout > 0
+    for override in LOCAL_LAUNCHER[1:4]:
+        key, value = override.removeprefix("hydra.launcher.").split("=")
+        assert str(launcher[key]).replace("None", "null") == value, override
