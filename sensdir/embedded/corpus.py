@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import sysconfig
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -158,23 +159,28 @@ def cache_path() -> Path:
     return cache_dir() / f"corpus-v{CORPUS_VERSION}-{python_tag()}.json.gz"
 
 
-@lru_cache(maxsize=1)
-def load_corpus() -> tuple[dict, ...]:
-    """All documents as dicts ``{"id", "text", "split"}`` (cached on disk and in memory)."""
-    path = cache_path()
+def cached_documents(path: Path, build: Callable[[], list[dict]]) -> tuple[dict, ...]:
+    """Documents from the gzipped JSON cache at ``path``, else ``build()`` them and write the
+    cache atomically (an unreadable cache is rebuilt)."""
     if path.exists():
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 return tuple(json.load(f))
         except (OSError, ValueError):
             pass
-    docs = _build()
+    docs = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with gzip.open(tmp, "wt", encoding="utf-8") as f:
         json.dump(docs, f)
     os.replace(tmp, path)
     return tuple(docs)
+
+
+@lru_cache(maxsize=1)
+def load_corpus() -> tuple[dict, ...]:
+    """All documents as dicts ``{"id", "text", "split"}`` (cached on disk and in memory)."""
+    return cached_documents(cache_path(), _build)
 
 
 def documents(split: Split) -> list[str]:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 
-from .corpus import EOT, cache_dir, split_of
+from .corpus import EOT, cache_dir, cached_documents, split_of
 
 DEBIAN_TEXT_VERSION = 1
 CHUNK_CHARS = 20_000
@@ -146,20 +145,15 @@ def load(source: str) -> tuple[dict, ...]:
     if not present():
         package, _ = LICENCES[source]
         raise FileNotFoundError(f"text source {source!r} is not installed (apt-get install {package})")
-    path = cache_dir() / f"debian-{source}-v{DEBIAN_TEXT_VERSION}.json.gz"
-    if path.exists():
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return tuple(json.load(f))
-    docs = list(_chunks(read(), source))
-    for d in docs:
-        d["text"] = d["text"].replace(EOT, "")
-        d["split"] = split_of(d["id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        json.dump(docs, f)
-    os.replace(tmp, path)
-    return tuple(docs)
+
+    def build() -> list[dict]:
+        docs = list(_chunks(read(), source))
+        for d in docs:
+            d["text"] = d["text"].replace(EOT, "")
+            d["split"] = split_of(d["id"])
+        return docs
+
+    return cached_documents(cache_dir() / f"debian-{source}-v{DEBIAN_TEXT_VERSION}.json.gz", build)
 
 
 def stats() -> dict:
