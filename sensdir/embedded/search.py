@@ -83,6 +83,7 @@ PLAN = (
     SearchConfig("broad-L8-d128", n_layers=8, tokens=0.75e6),
     SearchConfig("broad-L4-d256", d_model=256, tokens=0.5e6),
     SearchConfig("broad-L4-d128-mlp8", mlp_ratio=8, tokens=0.5e6),
+    SearchConfig("broad-L4-d128-long", tokens=4e6),
 )
 
 
