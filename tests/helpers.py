@@ -8,6 +8,7 @@ Fixtures stay in ``conftest.py``, ``hf_fixtures.py`` and ``slurm_cluster.py``.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -115,14 +116,16 @@ def propose(name: str, ctx, base_BD: torch.Tensor, seed: int = 0, **kw):
 
 
 def heldout_activations(sites: list[str], max_rows: int = 24, seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Activations of the shipped embedded model on ``max_rows`` held-out corpus rows, per site.
-    The caller skips when the embedded model is not built."""
-    from sensdir.embedded.sae_data import collect_activations, corpus_rows, load_model
+    """Activations of the shipped embedded model on about ``max_rows`` held-out rows of its
+    training mixture (prose, IOI and first-letter windows, as the SAE cards are measured on), per
+    site. The caller skips when the embedded model is not built."""
+    from sensdir.embedded.sae_data import collect_activations, load_model
+    from sensdir.embedded.sae_mixture import mixture_rows
 
     if seed is not None:
         torch.manual_seed(seed)
     model = load_model()
-    rows = corpus_rows(model, "heldout", model.cfg.n_ctx, max_rows=max_rows)
+    rows = mixture_rows(model, "heldout", model.cfg.n_ctx, max_rows=max_rows).rows
     return collect_activations(model, rows, sites)
 
 
@@ -174,3 +177,20 @@ def reseal(parquet) -> None:
     assert manifest is not None, files.manifest
     size, sha = file_digest(parquet)
     write_json_atomic(files.manifest, {**manifest, "parquet_bytes": size, "parquet_sha256": sha})
+
+
+def tiny_overrides(model_dir: Path, sae_dir: Path, out: Path | None = None, name: str | None = None) -> list[str]:
+    """A small job on the tiny model and SAE of conftest.py, as command-line overrides."""
+    run = ([f"run.out_dir={out}"] if out else []) + ([f"run.name={name}"] if name else [])
+    return [
+        f"model.path={model_dir}",
+        "sae.source=disk",
+        f"sae.path={sae_dir}",
+        "data.n_ctx=8",
+        "data.n_prompts=6",
+        "data.n_stats=40",
+        "data.n_pool=10",
+        "schedule.n_steps=5",
+        *run,
+        "run.progress=false",
+    ]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import tiny_overrides  # noqa: F401 - re-exported for the SLURM tests
 from sensdir.slurm_local import ClusterUnavailable, LocalCluster, why_unavailable
 
 TESTS = Path(__file__).resolve().parent
@@ -54,22 +55,6 @@ def fault_plugin_path(tmp_path_factory) -> str:
 
     d = write_plugin_dist(tmp_path_factory.mktemp("plugins"))
     return os.pathsep.join([str(d), str(TESTS)])
-
-
-def tiny_overrides(model_dir: Path, sae_dir: Path, out: Path | None = None, name: str | None = None) -> list[str]:
-    run = ([f"run.out_dir={out}"] if out else []) + ([f"run.name={name}"] if name else [])
-    return [
-        f"model.path={model_dir}",
-        "sae.source=disk",
-        f"sae.path={sae_dir}",
-        "data.n_ctx=8",
-        "data.n_prompts=6",
-        "data.n_stats=40",
-        "data.n_pool=10",
-        "schedule.n_steps=5",
-        *run,
-        "run.progress=false",
-    ]
 
 
 # hydra/launcher=slurm with the resources of this one-node CPU cluster

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_overrides
+
 SECRET = "hf_secretvalue0123456789abcdefABCDEF"
 WB_SECRET = "fakewandbkey0123456789abcdef0123456789abcd"
 
@@ -27,17 +29,7 @@ def _args(model_dir: Path, sae_dir: Path, out: Path, *extra: str) -> list[str]:
         "-m",
         "sensdir.run",
         *flags,
-        f"model.path={model_dir}",
-        "sae.source=disk",
-        f"sae.path={sae_dir}",
-        "data.n_ctx=8",
-        "data.n_prompts=6",
-        "data.n_stats=40",
-        "data.n_pool=10",
-        "schedule.n_steps=5",
-        f"run.out_dir={out}",
-        "run.name=sweep",
-        "run.progress=false",
+        *tiny_overrides(model_dir, sae_dir, out, "sweep"),
         *extra,
     ]
 

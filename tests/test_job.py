@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_sae, with_
+from helpers import make_sae, tiny_overrides, with_
 from sensdir.config import DirectionConfig
 from sensdir.directions.random import RandomConfig
 from sensdir.errors import ConfigError, MissingResourceError, SensdirError
@@ -153,17 +153,7 @@ def test_cli_multirun_writes_one_job_per_direction(tiny_model_dir, tiny_sae_dir,
             "sensdir.run",
             "-m",
             "direction=real,random,synth_struct",
-            f"model.path={tiny_model_dir}",
-            "sae.source=disk",
-            f"sae.path={tiny_sae_dir}",
-            "data.n_ctx=8",
-            "data.n_prompts=6",
-            "data.n_stats=40",
-            "data.n_pool=10",
-            "schedule.n_steps=5",
-            f"run.out_dir={out}",
-            "run.name=sweep",
-            "run.progress=false",
+            *tiny_overrides(tiny_model_dir, tiny_sae_dir, out, "sweep"),
         ],
         capture_output=True,
         text=True,
