@@ -116,14 +116,16 @@ def propose(name: str, ctx, base_BD: torch.Tensor, seed: int = 0, **kw):
 
 
 def heldout_activations(sites: list[str], max_rows: int = 24, seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Activations of the shipped embedded model on ``max_rows`` held-out corpus rows, per site.
-    The caller skips when the embedded model is not built."""
-    from sensdir.embedded.sae_data import collect_activations, corpus_rows, load_model
+    """Activations of the shipped embedded model on about ``max_rows`` held-out rows of its
+    training mixture (prose, IOI and first-letter windows, as the SAE cards are measured on), per
+    site. The caller skips when the embedded model is not built."""
+    from sensdir.embedded.sae_data import collect_activations, load_model
+    from sensdir.embedded.sae_mixture import mixture_rows
 
     if seed is not None:
         torch.manual_seed(seed)
     model = load_model()
-    rows = corpus_rows(model, "heldout", model.cfg.n_ctx, max_rows=max_rows)
+    rows = mixture_rows(model, "heldout", model.cfg.n_ctx, max_rows=max_rows).rows
     return collect_activations(model, rows, sites)
 
 

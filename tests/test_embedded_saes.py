@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,49 @@ def test_stream_rows():
         stream_rows(torch.arange(3), 4)
 
 
+def test_sentence_windows_start_at_sentences_and_follow_the_seed():
+    from sensdir.embedded.sae_mixture import sentence_windows
+
+    eot = 0
+    stream = torch.tensor([0, 5, 6, 0, 7, 0, 8, 9, 9, 0, 4, 0, 3, 3])  # sentence starts 0 3 5 9 11
+    rows = sentence_windows(stream, eot, 4, 3, seed=1)
+    assert rows.shape == (3, 4) and (rows[:, 0] == eot).all()
+    starts = []
+    for r in rows.tolist():  # each row is the stream from one of its sentence starts on
+        hits = [i for i in (0, 3, 5, 9) if stream[i : i + 4].tolist() == r]  # 11 + 4 > 14: never a start
+        assert len(hits) == 1
+        starts.append(hits[0])
+    assert len(set(starts)) == 3  # drawn without replacement
+    assert torch.equal(rows, sentence_windows(stream, eot, 4, 3, seed=1))
+    assert any(not torch.equal(rows, sentence_windows(stream, eot, 4, 3, seed=s)) for s in range(2, 6))
+    with pytest.raises(ValueError):
+        sentence_windows(stream, eot, 4, 5, seed=0)
+
+
+def test_task_rows_keep_the_model_training_proportions():
+    from sensdir.embedded.sae_mixture import task_row_counts
+    from sensdir.embedded.train import ROWS_MIX
+
+    # the model's batch of 128 rows holds 88 prose, 20 IOI and 20 first-letter rows
+    assert task_row_counts(88) == (20, 20)
+    n_ioi, n_fl = task_row_counts(10_481)
+    total = 10_481 + n_ioi + n_fl
+    assert n_ioi / total == pytest.approx(ROWS_MIX[1], abs=1e-3) and n_fl / total == pytest.approx(ROWS_MIX[2], abs=1e-3)
+
+
+def test_shuffled_passes_and_the_first_letter_stream():
+    from sensdir.embedded.data import first_letter_stream_texts, shuffled_passes
+    from sensdir.embedded.tasks import first_letter_train_texts
+
+    texts = [f"t{i}" for i in range(7)]
+    out = shuffled_passes(texts, 3, "k")
+    assert len(out) == 21 and all(sorted(out[i * 7 : (i + 1) * 7]) == sorted(texts) for i in range(3))
+    assert out == shuffled_passes(texts, 3, "k") and out != shuffled_passes(texts, 3, "other")
+    words = ["apple", "banana", "cherry", "dog", "egg", "fig"]
+    stream = first_letter_stream_texts(words, 0, passes=2)
+    assert sorted(stream) == sorted(first_letter_train_texts(words) * 2)
+
+
 # ----------------------------------------------------------------------------- shipped SAEs
 
 
@@ -183,6 +227,77 @@ def test_shipped_sae_l0_and_fvu_on_heldout(entry, heldout_acts):
     assert fvu(x, x_hat) <= 1.15 * entry["fvu"] + 0.02
 
 
+def _ioi_study_saes() -> list[str]:
+    """The SAEs ``experiment=ioi_supervised`` sweeps over (issue 12's target)."""
+    text = (SAE_ROOT.parents[2] / "conf" / "experiment" / "ioi_supervised.yaml").read_text()
+    ids = re.search(r"sae\.sae_id:\s*(\S+)", text)
+    assert ids is not None, "the ioi_supervised preset no longer sweeps sae.sae_id"
+    return ids.group(1).split(",")
+
+
+@needs_saes
+def test_cards_describe_the_training_mixture():
+    from sensdir.embedded.train import ROWS_MIX
+
+    for e in SHIPPED:
+        card = json.loads((SAE_ROOT / e["path"] / "card.json").read_text())
+        for split in ("train", "heldout"):
+            rows = card["rows_by_source"][split]
+            total = sum(rows.values())
+            assert rows["ioi"] / total == pytest.approx(ROWS_MIX[1], abs=2e-3), (split, rows)
+            assert rows["first_letter"] / total == pytest.approx(ROWS_MIX[2], abs=2e-3), (split, rows)
+        assert set(card["fvu_by_source"]) == {"prose", "ioi", "first_letter"}
+        # sum ||x||^2 >= sum ||x - mean||^2: the relative error is at most the FVU
+        assert 0 < card["ioi_end_rel_sq_error"] <= card["ioi_end_fvu"]
+        assert card["ioi_end_prompts"] == 1000 and e["ioi_end_rel_sq_error"] == card["ioi_end_rel_sq_error"]
+
+
+@pytest.fixture(scope="module")
+def ioi_end_acts():
+    if not (MODEL_DIR / "model.safetensors").is_file():
+        pytest.skip("embedded model not built")
+    from sensdir.embedded.sae_data import load_model
+    from sensdir.embedded.sae_mixture import ioi_end_activations
+
+    return ioi_end_activations(load_model(), SITES, n=200)
+
+
+def _end_errors(sae_id: str, ioi_end_acts) -> tuple[dict, dict]:
+    """(card, the END errors of the shipped SAE on a fresh sample of the card's prompts)."""
+    from sae_lens import SAE
+
+    from sensdir.embedded.sae_mixture import end_errors
+
+    card = json.loads((SAE_ROOT / sae_id / "card.json").read_text())
+    sae = SAE.load_from_disk(SAE_ROOT / sae_id)
+    return card, end_errors(sae, ioi_end_acts[sae.cfg.metadata.hook_name])
+
+
+@needs_saes
+@pytest.mark.parametrize("sae_id", [f"{e['site']}/{e['name']}" for e in SHIPPED if e["name"] in ("l1-mid", "topk-48")])
+def test_ioi_end_error_on_the_card_is_reproduced(sae_id, ioi_end_acts):
+    card, got = _end_errors(sae_id, ioi_end_acts)
+    assert got["rel_sq_error"] == pytest.approx(card["ioi_end_rel_sq_error"], rel=0.15)
+    assert got["fvu"] == pytest.approx(card["ioi_end_fvu"], rel=0.15)
+    assert got["rel_sq_error"] <= got["fvu"]
+
+
+@needs_saes
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12: trained on the model's mixture, l1-mid's END error fell from 0.70 / 0.89 to 0.46 / 0.72 "
+    "(blocks.1 / blocks.3) but an L1 SAE at L0 ~20 does not reach 0.3 (CARDS.md, 'IOI END error'); "
+    "topk-16 / topk-48 do at blocks.1, topk-48 at blocks.3",
+)
+@pytest.mark.parametrize("sae_id", _ioi_study_saes())
+def test_ioi_study_saes_reconstruct_end_activations(sae_id, ioi_end_acts):
+    """Issue 12's target: the SAEs of the IOI study reconstruct IOI END activations of
+    held-out-template prompts with relative squared error <= 0.3, on the card and on a fresh
+    sample."""
+    card, got = _end_errors(sae_id, ioi_end_acts)
+    assert card["ioi_end_rel_sq_error"] <= 0.3 and got["rel_sq_error"] <= 0.3
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -207,6 +322,8 @@ def test_tiny_training_run(tmp_path):
         with safe_open(str(tmp_path / c["path"] / "sae_weights.safetensors"), "pt") as fh:
             assert fh.get_tensor("W_dec").dtype == torch.float16
     assert cards[0]["l0"] == pytest.approx(4.0, abs=1e-6)
+    # no tokenizer on the random model: no IOI END error, FVU on the one synthetic source
+    assert cards[0]["ioi_end_rel_sq_error"] is None and set(cards[0]["fvu_by_source"]) == {"synthetic"}
     index = json.loads((tmp_path / "index.json").read_text())
     assert {e["name"] for e in index["saes"]} == {"t", "g"}
     assert (tmp_path / "CARDS.md").read_text().count("| `blocks.1.hook_resid_pre` |") == 2

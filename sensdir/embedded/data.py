@@ -88,6 +88,24 @@ def first_letter_words(tok) -> list[str]:
     return tasks.select_words(tok.get_vocab().keys(), corpus.documents("train"))
 
 
+def shuffled_passes(texts: list[str], passes: int, key: str) -> list[str]:
+    """``passes`` copies of ``texts`` one after the other, each in a new order (one
+    ``random.Random(key)`` shuffling the list in place pass after pass)."""
+    items = list(texts)
+    rng = random.Random(key)
+    out: list[str] = []
+    for _ in range(passes):
+        rng.shuffle(items)
+        out.extend(items)
+    return out
+
+
+def first_letter_stream_texts(words: list[str], seed: int = 0, passes: int = FIRST_LETTER_SHUFFLES) -> list[str]:
+    """The first-letter sentences in the order of the training stream: the seen words'
+    statements, ``passes`` times, reshuffled every pass."""
+    return shuffled_passes(tasks.first_letter_train_texts(words), passes, f"first-letter-stream:{seed}")
+
+
 def _stream(tok, texts: list[str]) -> np.ndarray:
     out: list[int] = []
     for enc in tok.encode_batch(texts):
@@ -155,13 +173,7 @@ def prepare(data_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0) ->
     np.save(data_dir / "prose_heldout.npy", _stream(tok, corpus.documents("heldout")))
     np.save(data_dir / "ioi_train.npy", _stream(tok, tasks.ioi_train_texts(IOI_POOL, seed=seed)))
     words = first_letter_words(tok)
-    fl = tasks.first_letter_train_texts(words)
-    rng = random.Random(f"first-letter-stream:{seed}")
-    fl_texts: list[str] = []
-    for _ in range(FIRST_LETTER_SHUFFLES):
-        rng.shuffle(fl)
-        fl_texts.extend(fl)
-    np.save(data_dir / "first_letter_train.npy", _stream(tok, fl_texts))
+    np.save(data_dir / "first_letter_train.npy", _stream(tok, first_letter_stream_texts(words, seed)))
     ev = eval_data(tok, seed=0)
     (data_dir / "eval.json").write_text(json.dumps(ev))
     manifest = {

@@ -37,7 +37,7 @@ def random_model(seed: int = 0, d_vocab: int = 8192):
     return build_model(cfg, move_to_device=True)
 
 
-def _eot_id(model) -> int:
+def eot_id(model) -> int:
     """The end-of-text token that separates documents (the tokenizer's BOS/EOS; 0 for the
     embedded tokenizer)."""
     tok = getattr(model, "tokenizer", None)
@@ -52,7 +52,7 @@ def token_stream(model, docs: Sequence[str]) -> torch.Tensor:
     """All documents tokenized (no special tokens added), each preceded by the end-of-text
     token -- the same layout the embedded model was trained on."""
     tok = model.tokenizer
-    eot = _eot_id(model)
+    eot = eot_id(model)
     out: list[int] = []
     for i in range(0, len(docs), 256):
         for ids in tok(list(docs[i : i + 256]), add_special_tokens=False)["input_ids"]:

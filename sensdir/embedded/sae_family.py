@@ -58,7 +58,7 @@ FAMILY[DEFAULT_SITE] = FAMILY[DEFAULT_SITE] + (
 @dataclasses.dataclass
 class TrainSettings:
     seed: int = 0
-    train_tokens: int = 1_200_000  # activations per SAE (~one pass over the train split)
+    train_tokens: int = 1_200_000  # activations per SAE (~0.6 of the 1.93M-activation training-mixture buffer)
     batch_size: int = 1024
     lr: float = 3e-3
     eval_rows: int = 1024  # held-out rows for FVU / gamma / L0 / firing frequency

@@ -18,19 +18,33 @@ and, at ``blocks.1.hook_resid_pre`` only,
   term, plain L1 of ReLU(pi_gate), unit-norm decoder rows), at the same settings.
 
 Activations
-    Prose of the corpus split (``sensdir.embedded.corpus``) is tokenized with the model's
-    tokenizer, every document preceded by the end-of-text token (id 0) -- the layout the model
-    was trained on -- and the stream is cut into consecutive windows of ``n_ctx`` = 128 tokens
-    (no BOS is prepended: the model was trained on windows starting anywhere, and the sensdir
-    prompts carry no BOS either). The model runs only up to the deepest site
-    (``stop_at_layer``). Position 0 of every window is excluded: whatever its token, the first
-    position attends only to itself and its residual is an outlier (attention-sink-like), not
-    typical text. Train windows are shuffled with the seed; the activations are generated once
-    per site, shuffled again with the seed, and the whole family reads the same buffer (one
-    pass). Inputs are scaled to mean norm sqrt(d_in) during training (sae_lens's
-    ``expected_average_only_in``; the factor is folded into the weights at the end), and
-    ``b_dec`` starts at the (scaled) activation mean. Evaluation uses the windows of the
-    ``heldout`` split, position 0 excluded likewise.
+    The model's own training mixture (issue 12; :mod:`sensdir.embedded.sae_mixture`): rows of
+    ``n_ctx`` = 128 tokens in the proportions the model was trained with (``ROWS_MIX`` of
+    :mod:`sensdir.embedded.train`: 69% prose, 15.5% IOI sentences, 15.5% first-letter
+    statements). Prose: the corpus split (``sensdir.embedded.corpus``) tokenized with the
+    model's tokenizer, every document preceded by the end-of-text token (id 0), cut into
+    consecutive windows (windows start anywhere, as the model's prose windows do; no BOS is
+    prepended). IOI / first letter: windows that start at a sentence boundary (the end-of-text
+    token before a sentence) and run on over the following sentences, drawn with the seed among
+    the sentence starts of the model's own task streams (rebuilt from the generators and data
+    seed of ``sensdir.embedded.data.prepare``: ``tasks.ioi_train_texts``, the seen
+    first-letter words' statements reshuffled 32 times). Training uses every window of the
+    corpus train split (10,481) plus 2,354 IOI and 2,354 first-letter windows; evaluation uses
+    the corpus ``heldout`` split and, in the same proportions, windows of IOI sentences of the
+    held-out templates (held-out name pairs) and of the held-out first-letter words' statements.
+    The model runs only up to the deepest site (``stop_at_layer``). Position 0 of every window
+    is excluded: whatever its token, the first position attends only to itself and its
+    residual is an outlier (attention-sink-like), not typical text. Train rows are shuffled
+    with the seed; the activations are generated once per site, shuffled again with the seed,
+    and the whole family reads the same buffer (one pass). Inputs are scaled to mean norm
+    sqrt(d_in) during training (sae_lens's ``expected_average_only_in``; the factor is folded
+    into the weights at the end), and ``b_dec`` starts at the (scaled) activation mean.
+
+    Every card also reports the SAE's error on the IOI END activations (the last prompt token,
+    where the IO name is predicted) of the model's 1000 held-out-template IOI evaluation
+    prompts, taken as the IOI study takes them: ``ioi_end_rel_sq_error`` = sum ||x - x_hat||^2
+    / sum ||x||^2 and ``ioi_end_fvu`` (the same error over sum ||x - mean(x)||^2, the IOI
+    study's ``fvu`` column); and the held-out FVU per source (``fvu_by_source``).
 
 Outputs (under ``sensdir/embedded/assets/saes`` unless ``--out``)
     ``<site>/<name>/``  ``cfg.json`` + ``sae_weights.safetensors`` (sae_lens ``save_model``;
@@ -41,9 +55,9 @@ Outputs (under ``sensdir/embedded/assets/saes`` unless ``--out``)
 Everything is deterministic given ``--seed`` (CPU, fixed thread count).
 
 This module is the command line and the run; the family table is in
-:mod:`sensdir.embedded.sae_family`, the tokens and activations in :mod:`sensdir.embedded.sae_data`,
-training and evaluation of one SAE in :mod:`sensdir.embedded.sae_training`, and the cards in
-:mod:`sensdir.embedded.sae_cards`.
+:mod:`sensdir.embedded.sae_family`, the rows in :mod:`sensdir.embedded.sae_mixture`, the tokens
+and activations in :mod:`sensdir.embedded.sae_data`, training and evaluation of one SAE in
+:mod:`sensdir.embedded.sae_training`, and the cards in :mod:`sensdir.embedded.sae_cards`.
 """
 
 from __future__ import annotations
@@ -68,16 +82,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from sensdir.embedded.sae_cards import ARCH_NOTES, CE_FORMULA, write_cards  # noqa: E402
+from sensdir.embedded.sae_cards import ARCH_NOTES, CE_FORMULA, DATA_DESC, IOI_END_DEFINITION, write_cards  # noqa: E402
 from sensdir.embedded.sae_data import (  # noqa: E402
     acts_key,
     collect_activations,
-    corpus_rows,
     load_model,
     random_model,
     synthetic_rows,
 )
 from sensdir.embedded.sae_family import ASSETS_DIR, FAMILY, SITES, SaeSpec, TrainSettings, parse_spec, site_key  # noqa: E402
+from sensdir.embedded.sae_mixture import end_errors, ioi_end_activations, mixture_rows  # noqa: E402
 from sensdir.embedded.sae_training import ce_with_splice, recon_stats, sae_fn, ship, train_one  # noqa: E402
 from sensdir.sae_metrics import ce_loss_recovered, dead_fraction  # noqa: E402
 
@@ -113,21 +127,28 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
     torch.manual_seed(settings.seed)
     t_start, c_start = time.time(), time.process_time()
 
+    end_acts: dict[str, torch.Tensor] = {}
     if smoke:
         model = random_model(settings.seed)
         n_ctx = model.cfg.n_ctx
         n_train_rows = math.ceil(settings.train_tokens / (n_ctx - 1))
         train_rows = synthetic_rows(model, n_train_rows, settings.seed)
         held_rows = synthetic_rows(model, settings.eval_rows, settings.seed + 1)
+        rows_by_source = {"train": {"synthetic": int(train_rows.shape[0])}, "heldout": {"synthetic": int(held_rows.shape[0])}}
+        held_source = torch.zeros(held_rows.shape[0], dtype=torch.long)
         data_desc = "synthetic uniform tokens, random model"
     else:
         model = load_model()
         n_ctx = model.cfg.n_ctx
-        # every train window (shuffled), whatever train_tokens is: the buffer, and so the
-        # activation cache, does not depend on how long the SAEs train
-        train_rows = corpus_rows(model, "train", n_ctx, None, seed=settings.seed)
-        held_rows = corpus_rows(model, "heldout", n_ctx, settings.eval_rows)
-        data_desc = "sensdir.embedded.corpus prose: train split for training, heldout split for evaluation"
+        # every train prose window and the task windows that go with them (shuffled), whatever
+        # train_tokens is: the buffer, and so the activation cache, does not depend on how long
+        # the SAEs train
+        train_mix = mixture_rows(model, "train", n_ctx, seed=settings.seed)
+        held_mix = mixture_rows(model, "heldout", n_ctx, max_rows=settings.eval_rows)
+        train_rows, held_rows, held_source = train_mix.rows, held_mix.rows, held_mix.source
+        rows_by_source = {"train": train_mix.counts(), "heldout": held_mix.counts()}  # keys in SOURCES order
+        end_acts = ioi_end_activations(model, sites)
+        data_desc = DATA_DESC
     model_sha = "random-init" if smoke else _model_sha256()
     model.to(settings.device)
     model.eval()
@@ -137,9 +158,11 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
             flush=True,
         )
     print(
-        f"[train_saes] rows: train {tuple(train_rows.shape)}, held-out {tuple(held_rows.shape)}",
+        f"[train_saes] rows: train {tuple(train_rows.shape)}, held-out {tuple(held_rows.shape)}, by source {rows_by_source}",
         flush=True,
     )
+    # held-out activation -> source of its row (position 0 of every row is not collected)
+    held_act_source = held_source.repeat_interleave(n_ctx - 1).to(settings.device)
 
     t0 = time.time()
     # with a cache, collect every standard site so that runs on a subset reuse the buffers
@@ -185,6 +208,12 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
             sae = ship(trained, out_dir, settings.device)
             sae.eval()
             st = recon_stats(sae, held)
+            fvu_by_source = {
+                src: recon_stats(sae, held[held_act_source == i]).fvu()
+                for i, src in enumerate(rows_by_source["heldout"])
+                if bool((held_act_source == i).any())
+            }
+            end = end_errors(sae, end_acts[site].to(settings.device)) if site in end_acts else None
             freq = st.firing_frequency().cpu()
             save_file({"firing_freq": freq.contiguous()}, str(out_dir / "firing_freq.safetensors"))
             ce_rec = ce_with_splice(model, ce_rows, site, sae_fn(sae))
@@ -209,6 +238,11 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
                 "lr": settings.lr,
                 "l0": st.l0(),
                 "fvu": st.fvu(),
+                "fvu_by_source": fvu_by_source,
+                "ioi_end_rel_sq_error": end["rel_sq_error"] if end else None,
+                "ioi_end_fvu": end["fvu"] if end else None,
+                "ioi_end_prompts": int(end_acts[site].shape[0]) if end else 0,
+                "ioi_end_definition": IOI_END_DEFINITION,
                 "gamma": st.gamma(),
                 "dead_fraction": dead_fraction(freq),
                 "ce_clean": ce_clean,
@@ -217,6 +251,7 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
                 "ce_loss_recovered": ce_loss_recovered(ce_clean, ce_rec, ce_zero),
                 "ce_loss_recovered_formula": CE_FORMULA,
                 "eval_tokens": int(held.shape[0]),
+                "rows_by_source": rows_by_source,
                 "ce_tokens": int(ce_rows.shape[0] * (n_ctx - 2)),
                 "position_0_excluded": True,
                 "input_scale_folded": scale,
@@ -241,6 +276,8 @@ def _run(settings, out_root, sites, names, smoke, command, family, act_cache=Non
             print(
                 f"[train_saes] {site} {spec.name}: L0 {card['l0']:.1f} FVU {card['fvu']:.3f} "
                 f"CErec {card['ce_loss_recovered']:.3f} gamma {card['gamma']:.3f} dead {card['dead_fraction']:.3f} "
+                f"FVU by source {' '.join(f'{k} {v:.3f}' for k, v in fvu_by_source.items())} "
+                f"IOI END rel {card['ioi_end_rel_sq_error'] if end is None else round(end['rel_sq_error'], 3)} "
                 f"({train_wall:.0f}s wall, {train_cpu:.0f}s cpu)",
                 flush=True,
             )
