@@ -11,11 +11,7 @@ import torch
 from sensdir.embedded import search
 from sensdir.embedded.plateau_probe import ProbePrompts, load_gpt, plateau_probe, walk
 from sensdir.loading import embedded_model_dir, load_model_dir
-
-
-def _kl(p_logits, q_logits):
-    logp, logq = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+from sensdir.metrics.kl import kl_from_logits
 
 
 def test_probe_walk_is_the_hooked_models_walk():
@@ -45,7 +41,7 @@ def test_probe_walk_is_the_hooked_models_walk():
         logits = ht.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", patch), ("blocks.3.hook_resid_post", grab)])[
             :, -1
         ]
-        torch.testing.assert_close(kl, _kl(clean_logits, logits), rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(kl, kl_from_logits(clean_logits, logits), rtol=1e-3, atol=1e-6)
         l2_ref = (store["f"] - cache["blocks.3.hook_resid_post"][:, -1]).double().norm(dim=-1)
         torch.testing.assert_close(l2, l2_ref, rtol=1e-3, atol=1e-5)
         assert (kl > 0).all()

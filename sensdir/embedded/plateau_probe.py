@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sensdir.metrics.kl import kl_from_logits
+
 from .gpt import GPT
 
 T_GRID = (0.1, 0.2, 0.3)
@@ -56,12 +58,6 @@ def finish(model: GPT, x_NTD: Tensor, layer: int) -> tuple[Float[Tensor, "N d"],
     return final_ND, logits_NV
 
 
-def _kl(clean_NV: Tensor, logits_NV: Tensor) -> Tensor:
-    logp = torch.log_softmax(clean_NV.double(), -1)
-    logq = torch.log_softmax(logits_NV.double(), -1)
-    return (logp.exp() * (logp - logq)).sum(-1)
-
-
 @torch.no_grad()
 def walk(model: GPT, prefix_BTD: Tensor, target_BD: Tensor, layer: int, ts: tuple[float, ...]) -> dict[float, tuple]:
     """KL and l2 at each t for walks of the last position from its value toward ``target_BD``."""
@@ -72,7 +68,7 @@ def walk(model: GPT, prefix_BTD: Tensor, target_BD: Tensor, layer: int, ts: tupl
         x = prefix_BTD.clone()
         x[:, -1] = base_BD + t * (target_BD - base_BD)
         final, logits = finish(model, x, layer)
-        out[t] = (_kl(clean_logits, logits), (final - clean_final).double().norm(dim=-1))
+        out[t] = (kl_from_logits(clean_logits, logits), (final - clean_final).double().norm(dim=-1))
     return out
 
 
